@@ -1,0 +1,26 @@
+"""Shared test helpers: where darknet's golden numbers are, and a clear skip when they are not."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+# CI lays shared/ beside the clone; YOLOV2_SHARED overrides for other layouts.
+SHARED = Path(os.environ.get("YOLOV2_SHARED", ROOT.parent / "shared"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path inside ../shared, or skip the test with a message saying what is missing."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"needs {p} (the project's shared golden data, present in CI; absent in this clone)")
+    return p
+
+
+@pytest.fixture
+def shared():
+    return shared_path
