@@ -10,8 +10,66 @@ Column i runs along W (x), row j along H (y). Anchors are (A, 2) `(w, h)` in gri
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+from yolov2.cfg import CfgError, Section
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    """A cfg's `[region]` section with darknet's defaults (`parse_region` in darknet's parser.c).
+
+    anchors: A `(w, h)` pairs in grid cells (32-pixel cells for YOLOv2).
+    """
+
+    anchors: tuple[tuple[float, float], ...]
+    classes: int = 20
+    num: int = 1
+    coords: int = 4
+    softmax: bool = False
+    jitter: float = 0.2
+    rescore: bool = False
+    object_scale: float = 1.0
+    noobject_scale: float = 1.0
+    class_scale: float = 1.0
+    coord_scale: float = 1.0
+    thresh: float = 0.5
+    bias_match: bool = False
+    absolute: bool = False
+    random: bool = False
+    max_boxes: int = 30
+
+    @classmethod
+    def from_section(cls, sec: Section) -> RegionConfig:
+        num = sec.get_int("num", 1)
+        flat = sec.get_list("anchors", float, [0.5] * (2 * num))  # darknet's biases default to .5
+        if len(flat) != 2 * num:
+            raise CfgError(f"{sec.where('anchors')}: {len(flat)} values for num={num} anchors "
+                           f"(need {2 * num}: w,h per anchor)")
+        return cls(
+            anchors=tuple((flat[2 * k], flat[2 * k + 1]) for k in range(num)),
+            classes=sec.get_int("classes", 20), num=num, coords=sec.get_int("coords", 4),
+            softmax=bool(sec.get_int("softmax", 0)), jitter=sec.get_float("jitter", 0.2),
+            rescore=bool(sec.get_int("rescore", 0)), object_scale=sec.get_float("object_scale", 1.0),
+            noobject_scale=sec.get_float("noobject_scale", 1.0),
+            class_scale=sec.get_float("class_scale", 1.0), coord_scale=sec.get_float("coord_scale", 1.0),
+            thresh=sec.get_float("thresh", 0.5), bias_match=bool(sec.get_int("bias_match", 0)),
+            absolute=bool(sec.get_int("absolute", 0)), random=bool(sec.get_int("random", 0)),
+            max_boxes=sec.get_int("max", 30),
+        )
+
+    @property
+    def anchor_tensor(self) -> Tensor:
+        """(A, 2) float32 anchors `(w, h)` in grid cells."""
+        return torch.tensor(self.anchors, dtype=torch.float32)
+
+    @property
+    def channels(self) -> int:
+        """Channels the head must produce: A*(coords+1+C)."""
+        return self.num * (self.coords + 1 + self.classes)
 
 
 def split_entries(x: Tensor, num: int) -> Tensor:
