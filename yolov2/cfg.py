@@ -8,6 +8,7 @@ lookups with defaults live on :class:`Section` so each layer reads its keys the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +115,19 @@ def parse_cfg(path: str | Path) -> list[Section]:
     except UnicodeDecodeError:
         raise CfgError(f"{p}: not a text file (is this a .weights file passed as the cfg?)") from None
     return parse_cfg_text(text, str(p))
+
+
+def load_cfg(cfg: str | Path | Sequence[Section]) -> list[Section]:
+    """Sections from a cfg path, a shipped cfg's name (`yolov2-tiny-voc`), or already parsed sections."""
+    if not isinstance(cfg, (str, Path)):
+        return list(cfg)
+    p = Path(cfg)
+    if not p.exists() and p.parent == Path(".") and p.suffix in ("", ".cfg"):
+        try:
+            p = stock_cfg(p.name)
+        except CfgError:
+            raise CfgError(f"{cfg}: cfg file not found (nor a shipped cfg of that name)") from None
+    return parse_cfg(p)
 
 
 def stock_cfg(name: str) -> Path:

@@ -1,0 +1,392 @@
+"""A darknet `.cfg` built as a PyTorch model, layer by layer, numerically darknet's.
+
+Reference: darknet `src/parser.c` (`parse_network_cfg`, `parse_convolutional`, `parse_maxpool`,
+`parse_route`, `parse_reorg`, `parse_region`), `src/convolutional_layer.c`, `src/maxpool_layer.c`
+(`forward_maxpool_layer`), `src/route_layer.c`, `src/reorg_layer.c` with `src/blas.c` (`reorg_cpu`),
+`src/region_layer.c`. `net.layers[i]` is darknet's layer i, so index i matches darknet's printout,
+its `partial` cutoffs and the golden files' `layer_XX` keys. Shapes are (C, H, W) per image.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from yolov2.cfg import CfgError, Section, load_cfg
+from yolov2.region import RegionConfig, activate
+from yolov2.weights import load_darknet_weights, save_darknet_weights
+
+Shape = tuple[int, int, int]  # (C, H, W)
+FLT_MAX = torch.finfo(torch.float32).max
+
+# darknet's activate(): leaky is `x>0 ? x : .1*x`; darknet's default activation is logistic.
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "linear": lambda x: x,
+    "leaky": lambda x: F.leaky_relu(x, 0.1),
+    "relu": F.relu,
+    "logistic": torch.sigmoid,
+}
+
+
+class Layer(nn.Module):
+    """One darknet layer: its cfg section, its index, and the indices of the outputs it reads."""
+
+    kind = "layer"
+
+    def __init__(self, index: int, section: Section):
+        super().__init__()
+        self.index = index
+        self.section = section
+        self.sources: tuple[int, ...] = (index - 1,)  # -1 is the network input
+
+    @property
+    def name(self) -> str:
+        """Darknet-style key, e.g. `27_reorg`."""
+        return f"{self.index}_{self.kind}"
+
+    def output_shape(self, *shapes: Shape) -> Shape:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """The summary-table fields this layer fills (filters, size, stride, detail)."""
+        return {}
+
+
+class Convolutional(Layer):
+    """`[convolutional]`: conv, optional batch norm (darknet's GPU formula), activation."""
+
+    kind = "convolutional"
+
+    def __init__(self, index: int, section: Section, in_shape: Shape):
+        super().__init__(index, section)
+        s = section
+        self.filters, self.size = s.get_int("filters", 1), s.get_int("size", 1)
+        self.stride, self.groups = s.get_int("stride", 1), s.get_int("groups", 1)
+        # darknet: pad=1 overrides `padding` with size/2, so a 1x1 conv with pad=1 has padding 0
+        self.padding = self.size // 2 if s.get_int("pad", 0) else s.get_int("padding", 0)
+        self.batch_normalize = bool(s.get_int("batch_normalize", 0))
+        self.activation = s.get_str("activation", "logistic")
+        if self.activation not in ACTIVATIONS:
+            raise CfgError(f"{s.where('activation')}: activation '{self.activation}' is not supported "
+                           f"(supported: {', '.join(ACTIVATIONS)})")
+        c = in_shape[0]
+        if min(self.filters, self.size, self.stride, self.groups) < 1 or c % self.groups:
+            raise CfgError(f"{s.where()}: bad convolution (filters={self.filters}, size={self.size}, "
+                           f"stride={self.stride}, groups={self.groups}, input channels={c})")
+        self.conv = nn.Conv2d(c, self.filters, self.size, self.stride, self.padding,
+                              groups=self.groups, bias=not self.batch_normalize)
+        # eps: darknet's GPU normalize; momentum .01: rolling = .99*rolling + .01*batch statistic.
+        # Training normalises by the biased batch variance where darknet divides by N*H*W - 1
+        # (variance_cpu): a factor sqrt(1 - 1/(N*H*W)), under 0.3% even for one 13x13 image.
+        self.bn = nn.BatchNorm2d(self.filters, eps=1e-5, momentum=0.01) if self.batch_normalize else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Darknet's initialisation: weights scale*N(0,1) with scale = sqrt(2/fan_in), biases 0."""
+        fan_in = self.conv.in_channels // self.groups * self.size * self.size
+        with torch.no_grad():
+            self.conv.weight.normal_(0.0, (2.0 / fan_in) ** 0.5)
+            if self.conv.bias is not None:
+                self.conv.bias.zero_()
+        if self.bn is not None:
+            # darknet starts rolling_variance at 0; 1 keeps an untrained net's eval output finite
+            self.bn.reset_parameters()
+
+    def darknet_params(self) -> dict[str, Tensor]:
+        """Darknet's names -> tensors, in `.weights` file order: biases, [scales, rolling_mean,
+        rolling_variance,] weights (OIHW)."""
+        if self.bn is None:
+            return {"biases": self.conv.bias, "weights": self.conv.weight}
+        return {"biases": self.bn.bias, "scales": self.bn.weight, "rolling_mean": self.bn.running_mean,
+                "rolling_variance": self.bn.running_var, "weights": self.conv.weight}
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return ACTIVATIONS[self.activation](x)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        _, h, w = shape
+        k, s, p = self.size, self.stride, self.padding
+        return self.filters, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+
+    def describe(self) -> dict:
+        bn = ", bn" if self.batch_normalize else ""
+        return {"filters": self.filters, "size": self.size, "stride": self.stride, "padding": self.padding,
+                "detail": f"{self.activation}{bn}"}
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: {self.filters} {self.size}x{self.size}/{self.stride} {self.activation}"
+
+
+class MaxPool(Layer):
+    """`[maxpool]` with darknet's padding: out-of-range taps count as -FLT_MAX, never as 0."""
+
+    kind = "maxpool"
+
+    def __init__(self, index: int, section: Section):
+        super().__init__(index, section)
+        self.stride = section.get_int("stride", 1)
+        self.size = section.get_int("size", self.stride)
+        self.padding = section.get_int("padding", self.size - 1)  # darknet's default: size-1
+        if self.size < 1 or self.stride < 1 or self.padding < 0:
+            raise CfgError(f"{section.where()}: bad maxpool (size={self.size}, stride={self.stride}, "
+                           f"padding={self.padding})")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        c, h, w = shape
+        p, k, s = self.padding, self.size, self.stride
+        return c, (h + p - k) // s + 1, (w + p - k) // s + 1
+
+    def _pads(self, n: int, out: int) -> tuple[int, int]:
+        # darknet's window r starts at -padding/2 + r*stride; pad after so the last window fits
+        before = self.padding // 2
+        return before, max(0, (out - 1) * self.stride + self.size - before - n)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, oh, ow = self.output_shape((0, x.shape[-2], x.shape[-1]))
+        top, bottom = self._pads(x.shape[-2], oh)
+        left, right = self._pads(x.shape[-1], ow)
+        if top or bottom or left or right:
+            # size 2 stride 1 (tiny layer 11): pad right/bottom by 1 with -FLT_MAX, so 13x13 stays 13x13
+            x = F.pad(x, (left, right, top, bottom), value=-FLT_MAX)
+        if torch.is_grad_enabled() and x.requires_grad:
+            # its backward sends each delta to the first maximal tap, like darknet's l.indexes
+            return F.max_pool2d(x, self.size, self.stride)
+        return self._max_of_taps(x, oh, ow)  # the same values, several times faster on CPU
+
+    def _max_of_taps(self, x: Tensor, oh: int, ow: int) -> Tensor:
+        """Darknet's loop, vectorised: output (i, j) = max over taps (n, m) of x[i*stride+n, j*stride+m]."""
+        s, out = self.stride, None
+        for n in range(self.size):
+            for m in range(self.size):
+                tap = x[:, :, n: n + s * (oh - 1) + 1: s, m: m + s * (ow - 1) + 1: s]  # (N, C, oh, ow)
+                out = tap if out is None else torch.maximum(out, tap)
+        return out
+
+    def describe(self) -> dict:
+        return {"size": self.size, "stride": self.stride, "padding": self.padding}
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: {self.size}x{self.size}/{self.stride}"
+
+
+class Route(Layer):
+    """`[route]`: the listed layers' outputs concatenated along channels, in the listed order."""
+
+    kind = "route"
+
+    def __init__(self, index: int, section: Section):
+        super().__init__(index, section)
+        listed = section.get_list("layers", int)
+        absolute = tuple(i + index if i < 0 else i for i in listed)  # negative: relative to this layer
+        bad = [i for i, a in zip(listed, absolute, strict=True) if not 0 <= a < index]
+        if not listed or bad:
+            raise CfgError(f"{section.where('layers')}: route to missing layer(s) {bad or listed} "
+                           f"(layer {index} can read layers 0..{index - 1})")
+        self.sources = absolute
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        return xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
+
+    def output_shape(self, *shapes: Shape) -> Shape:
+        if any(s[1:] != shapes[0][1:] for s in shapes):
+            raise CfgError(f"{self.section.where('layers')}: route of layers {list(self.sources)} with "
+                           f"different sizes {[list(s) for s in shapes]}")
+        return sum(s[0] for s in shapes), shapes[0][1], shapes[0][2]
+
+    def describe(self) -> dict:
+        return {"detail": " ".join(str(i) for i in self.sources)}
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: {' '.join(str(i) for i in self.sources)}"
+
+
+class Reorg(Layer):
+    """`[reorg]`: darknet's `reorg_cpu(..., forward=0)` permutation (not `pixel_unshuffle`)."""
+
+    kind = "reorg"
+
+    def __init__(self, index: int, section: Section):
+        super().__init__(index, section)
+        self.stride = section.get_int("stride", 1)
+        for key in ("reverse", "flatten", "extra"):
+            if section.get_int(key, 0):
+                raise CfgError(f"{section.where(key)}: reorg with {key}=1 is not supported")
+        if self.stride < 1:
+            raise CfgError(f"{section.where('stride')}: stride must be >= 1")
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        s = self.stride
+        # darknet reads the input memory as X' (C/s², s·H, s·W) with row s·j+dy, column s·i+dx ...
+        x = x.reshape(n, c // (s * s), h, s, w, s)  # (N, C/s², H, dy, W, dx)
+        # ... writes O'[(dy·s+dx)·C/s² + c2, j, i] = X'[c2, s·j+dy, s·i+dx] as a (C, H, W) block ...
+        x = x.permute(0, 3, 5, 1, 2, 4)  # (N, dy, dx, C/s², H, W)
+        # ... and that memory, read with the output's dims, is the (s²·C, H/s, W/s) result
+        return x.reshape(n, c * s * s, h // s, w // s)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        c, h, w = shape
+        s = self.stride
+        if c % (s * s) or h % s or w % s:
+            raise CfgError(f"{self.section.where()}: reorg stride {s} needs channels divisible by {s * s} "
+                           f"and height, width divisible by {s}; input is {list(shape)}")
+        return c * s * s, h // s, w // s
+
+    def describe(self) -> dict:
+        return {"stride": self.stride}
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: /{self.stride}"
+
+
+class Region(Layer):
+    """`[region]`: the head's configuration; its forward is darknet's inference activation."""
+
+    kind = "region"
+
+    def __init__(self, index: int, section: Section):
+        super().__init__(index, section)
+        self.config = RegionConfig.from_section(section)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return activate(x, self.config.num)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if shape[0] != self.config.channels:
+            cfg = self.config
+            raise CfgError(f"{self.section.where()}: the layer before [region] has {shape[0]} filters, but "
+                           f"num={cfg.num} anchors * (coords {cfg.coords} + 1 + classes {cfg.classes}) "
+                           f"= {cfg.channels}")
+        return shape
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: num={self.config.num} classes={self.config.classes}"
+
+
+# darknet's string_to_layer_type accepts both spellings
+LAYER_TYPES = {"convolutional": Convolutional, "conv": Convolutional, "maxpool": MaxPool, "max": MaxPool,
+               "route": Route, "reorg": Reorg, "region": Region}
+
+
+def _build(sections: list[Section], input_shape: Shape) -> tuple[list[Layer], list[Shape]]:
+    """Darknet layers from the sections after `[net]`, with each one's output shape at `input_shape`."""
+    layers: list[Layer] = []
+    shapes: list[Shape] = []
+    for index, sec in enumerate(sections):
+        kind = LAYER_TYPES.get(sec.type)
+        if kind is None:
+            raise CfgError(f"{sec.path}:{sec.line}: unknown layer type [{sec.type}] "
+                           f"(supported: {', '.join(f'[{k}]' for k in LAYER_TYPES)})")
+        prev = shapes[-1] if shapes else input_shape
+        layer = kind(index, sec, prev) if kind is Convolutional else kind(index, sec)
+        layers.append(layer)
+        unused = sorted(set(sec.options) - sec.used)
+        if unused:  # darknet's option_unused: a typo like `batch_normalise=1` would pass silently
+            warnings.warn(f"{sec.where()}: unused key(s) {', '.join(unused)}; darknet ignores them too",
+                          stacklevel=3)
+        shapes.append(layer.output_shape(*(shapes[s] if s >= 0 else input_shape for s in layer.sources)))
+    return layers, shapes
+
+
+class Darknet(nn.Module):
+    """A darknet YOLOv2 cfg as an `nn.Module`; `net.layers[i]` is darknet's layer i.
+
+    `net(x)`: x (N, channels, H, W) floats in [0, 1], RGB, H and W multiples of `net.stride` (32)
+    -> the raw logits of the last conv, the region layer's input, (N, A*(5+C), H/32, W/32).
+    """
+
+    def __init__(self, cfg: str | Path | Sequence[Section]):
+        super().__init__()
+        self.sections = load_cfg(cfg)
+        self.net_options = net = self.sections[0]
+        if net.type not in ("net", "network"):
+            raise CfgError(f"{net.where()}: the first section must be [net] or [network]")
+        self.width, self.height = net.get_int("width", 0), net.get_int("height", 0)
+        self.channels = net.get_int("channels", 0)
+        if min(self.width, self.height, self.channels) <= 0:
+            raise CfgError(f"{net.where()}: width, height and channels must be > 0 "
+                           f"(got {self.width}, {self.height}, {self.channels})")
+        layers, shapes = _build(self.sections[1:], (self.channels, self.height, self.width))
+        regions = [layer for layer in layers if isinstance(layer, Region)]
+        if len(regions) != 1 or layers[-1] is not regions[0]:
+            raise CfgError(f"{net.path}: a YOLOv2 cfg needs exactly one [region], as its last layer "
+                           f"(found {len(regions)})")
+        self.layers = nn.ModuleList(layers)
+        self.head = layers[-1].sources[0]  # index of the last conv, whose output net(x) returns
+        self.region: RegionConfig = regions[0].config
+        self.num_classes = self.region.classes
+        self.register_buffer("anchors", self.region.anchor_tensor, persistent=False)  # (A, 2) grid cells
+        self.stride = self.width // shapes[self.head][2]  # 32: input pixels per output cell
+        self.seen = 0  # images trained on, darknet's *net->seen; kept in the .weights header
+        self.header = (0, 2, 0)  # (major, minor, revision) of the last loaded .weights file
+        # the last layer reading each output, so forward() frees what nobody reads any more
+        self._last_use = {s: layer.index for layer in layers for s in layer.sources}
+
+    def _check_input(self, x: Tensor) -> None:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"expected a (N, {self.channels}, H, W) batch, got shape {tuple(x.shape)}")
+        if x.shape[2] % self.stride or x.shape[3] % self.stride:
+            raise ValueError(f"input height and width must be multiples of {self.stride}, "
+                             f"got {x.shape[2]}x{x.shape[3]}")
+
+    def _run(self, x: Tensor, stop: int, keep_all: bool) -> dict[int, Tensor]:
+        outputs = {-1: x}
+        for layer in self.layers[: stop + 1]:
+            out = layer(*(outputs[s] for s in layer.sources))
+            if not keep_all:
+                for s in set(layer.sources):
+                    if self._last_use[s] == layer.index:
+                        del outputs[s]
+            outputs[layer.index] = out
+        return outputs
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C_in, H, W) -> raw head logits (N, A*(5+C), H/32, W/32)."""
+        self._check_input(x)
+        return self._run(x, self.head, keep_all=False)[self.head]
+
+    def forward_layers(self, x: Tensor) -> list[Tensor]:
+        """Every layer's output in darknet's index order; the region entry is the activated output."""
+        self._check_input(x)
+        outputs = self._run(x, len(self.layers) - 1, keep_all=True)
+        return [outputs[i] for i in range(len(self.layers))]
+
+    def conv_layers(self, cutoff: int | None = None) -> list[Convolutional]:
+        """The `[convolutional]` layers with index < cutoff (all of them when cutoff is None)."""
+        stop = len(self.layers) if cutoff is None else cutoff
+        return [m for m in self.layers[:stop] if isinstance(m, Convolutional)]
+
+    def summary(self, height: int | None = None, width: int | None = None) -> list[dict]:
+        """Darknet's layer printout as data, one dict per layer, at height x width (default: the cfg's).
+
+        Keys: index, type, filters, size, stride, padding, detail, input and output (C, H, W), params
+        (trainable parameters; BN rolling statistics are buffers and not counted)."""
+        shapes: list[Shape] = []
+        size_in = (self.channels, height or self.height, width or self.width)
+        rows = []
+        for layer in self.layers:
+            ins = [shapes[s] if s >= 0 else size_in for s in layer.sources]
+            shapes.append(layer.output_shape(*ins))
+            row = {"index": layer.index, "type": layer.kind, "filters": None, "size": None, "stride": None,
+                   "padding": None, "detail": "", "input": ins[0], "output": shapes[-1],
+                   "params": sum(p.numel() for p in layer.parameters())}
+            rows.append(row | layer.describe())
+        return rows
+
+    def load_weights(self, path: str | Path, cutoff: int | None = None) -> None:
+        """Darknet's `load_weights`; with cutoff, only conv layers < cutoff (darknet's `partial`)."""
+        self.header, self.seen = load_darknet_weights(self, path, cutoff)
+
+    def save_weights(self, path: str | Path, cutoff: int | None = None) -> None:
+        """Darknet's `save_weights` (header 0.2.0, 8-byte `seen`); with cutoff, only conv layers < cutoff."""
+        save_darknet_weights(self, path, cutoff)
