@@ -24,3 +24,9 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def shared():
     return shared_path
+
+
+@pytest.fixture(autouse=True)
+def _private_annotation_cache(monkeypatch, tmp_path_factory):
+    """Keep the VOC annotation cache of every test inside pytest's temp dir, not in ~/.cache."""
+    monkeypatch.setenv("YOLOV2_CACHE", str(tmp_path_factory.getbasetemp() / "yolov2-cache"))

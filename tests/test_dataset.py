@@ -1,0 +1,199 @@
+"""DetectionDataset, collate and darknet's multi-scale batch sampler."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from yolov2.data import synth, voc
+from yolov2.data.augment import Augmenter
+from yolov2.data.dataset import (
+    MULTISCALE_SIZES,
+    DetectionDataset,
+    MultiScaleBatchSampler,
+    Sample,
+    collate,
+    make_loader,
+    multiscale_size,
+)
+from yolov2.image import ImageError, letterbox_image, load_image, resize_image
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    root = synth.make_synthetic_voc(tmp_path_factory.mktemp("ds") / "synth", 8, 0, seed=3)
+    return voc.load_voc(root, [("2007", "train")], synth.SYNTH_CLASSES, cache=False)
+
+
+def augmenter():
+    return Augmenter("detection", jitter=0.2, hue=0.1, saturation=1.5, exposure=1.5)
+
+
+def expected_truth(record, mapping=lambda x, y, w, h: (x, y, w, h)):
+    rows = voc.darknet_label_rows(record.annotation, synth.SYNTH_CLASSES)
+    truth = np.zeros((30, 5), np.float32)
+    for t, (cls, *box) in enumerate(rows):
+        truth[t] = (*mapping(*box), cls)
+    return truth
+
+
+def test_test_time_resize(records):
+    ds = DetectionDataset(records, synth.SYNTH_CLASSES, size=320)
+    image, truth, index = ds[2]
+    assert index == 2 and image.dtype == torch.float32 and image.shape == (3, 320, 320)
+    reference = resize_image(load_image(records[2].image_path), 320, 320)  # (H, W, 3)
+    torch.testing.assert_close(image, torch.from_numpy(reference).permute(2, 0, 1), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(truth.numpy(), expected_truth(records[2]), atol=1e-6)
+
+
+def test_test_time_letterbox_maps_boxes_by_hand(records):
+    r = records[0]
+    ds = DetectionDataset(records, synth.SYNTH_CLASSES, size=416, letterbox=True)
+    image, truth, _ = ds[0]
+    w, h = r.annotation.width, r.annotation.height
+    scale = min(416 / w, 416 / h)
+    new_w, new_h = int(w * scale + 1e-9), int(h * scale + 1e-9)  # letterbox_image's integer sizes
+    dx, dy = (416 - new_w) // 2, (416 - new_h) // 2
+
+    def mapping(x, y, bw, bh):  # centre-size in the image -> in the 416 x 416 canvas
+        return (x * new_w + dx) / 416, (y * new_h + dy) / 416, bw * new_w / 416, bh * new_h / 416
+
+    np.testing.assert_allclose(truth.numpy(), expected_truth(r, mapping), atol=1e-5)
+    letterboxed = letterbox_image(load_image(r.image_path), 416, 416)
+    torch.testing.assert_close(image, torch.from_numpy(letterboxed).permute(2, 0, 1), atol=1e-6, rtol=0)
+
+
+def test_augmented_samples_are_seeded_by_seed_epoch_index(records):
+    ds = DetectionDataset(records, synth.SYNTH_CLASSES, augmenter(), seed=5)
+    a, b = ds[Sample(1, 352, 0)], ds[Sample(1, 352, 0)]
+    assert a[0].shape == (3, 352, 352) and a[1].shape == (30, 5)
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
+    torch.testing.assert_close(a[1], b[1], rtol=0, atol=0)
+    c = ds[Sample(1, 352, 1)]
+    assert not torch.equal(a[0], c[0])
+    other_seed = DetectionDataset(records, synth.SYNTH_CLASSES, augmenter(), seed=6)[Sample(1, 352, 0)]
+    assert not torch.equal(a[0], other_seed[0])
+    # the boxes survive: as many as the image has (small jitter keeps all five-or-fewer shapes in view)
+    n = (a[1][:, 2] > 0).sum().item()
+    assert 1 <= n <= len(expected_truth(records[1]).nonzero()[0])
+
+
+def test_image_without_objects_has_an_empty_truth(records):
+    empty = dataclasses.replace(records[0], annotation=dataclasses.replace(records[0].annotation, objects=[]))
+    for augment in (None, augmenter()):
+        image, truth, _ = DetectionDataset([empty], synth.SYNTH_CLASSES, augment, size=320)[0]
+        assert image.shape == (3, 320, 320) and not truth.any()
+
+
+def test_truth_is_capped_at_30(records):
+    many = dataclasses.replace(records[0], labels=np.tile([[1, 0.5, 0.5, 0.2, 0.2]], (40, 1)))
+    _, truth, _ = DetectionDataset([many], synth.SYNTH_CLASSES, size=320)[0]
+    assert truth.shape == (30, 5) and (truth[:, 4] == 1).all()
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "garbage"])
+def test_bad_images_name_the_file(records, tmp_path, damage):
+    path = tmp_path / "000000.jpg"
+    shutil.copy(records[0].image_path, path)
+    data = path.read_bytes()
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not an image at all")
+    ds = DetectionDataset([dataclasses.replace(records[0], image_path=str(path))], synth.SYNTH_CLASSES)
+    with pytest.raises((OSError, ImageError, voc.DatasetError), match=str(path)):
+        ds[0]
+
+
+def test_collate(records):
+    ds = DetectionDataset(records, synth.SYNTH_CLASSES, augmenter())
+    images, truths, indices = collate([ds[Sample(i, 320, 0)] for i in (3, 0, 5)])
+    assert images.shape == (3, 3, 320, 320) and truths.shape == (3, 30, 5)
+    assert indices.tolist() == [3, 0, 5] and indices.dtype == torch.int64
+    torch.testing.assert_close(truths[1], ds[Sample(0, 320, 0)][1])
+
+
+def test_loader_is_the_same_with_any_number_of_workers(records):
+    ds = DetectionDataset(records, synth.SYNTH_CLASSES, augmenter(), seed=1)
+    sampler = MultiScaleBatchSampler(len(ds), 2, seed=1, every=2)
+    runs = [list(make_loader(ds, sampler, workers)) for workers in (0, 2)]
+    assert len(runs[0]) == 4
+    assert [b[0].shape[-1] for b in runs[0]] == [sampler.size_of(0, b) for b in range(4)]
+    for one, two in zip(*runs, strict=True):
+        for x, y in zip(one, two, strict=True):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------ multi-scale sampler
+
+
+def sizes_of(sampler) -> list[int]:
+    batches = list(sampler)
+    assert all(len({s.size for s in b}) == 1 for b in batches)  # one size per batch
+    return [b[0].size for b in batches]
+
+
+def test_size_changes_every_10_batches_darknet_style():
+    sizes = sizes_of(MultiScaleBatchSampler(2000, 4, seed=0))  # 500 batches, 50 blocks
+    blocks = np.array(sizes).reshape(50, 10)
+    assert (blocks == blocks[:, :1]).all()  # constant within a block of 10
+    assert (blocks[1:, 0] != blocks[:-1, 0]).mean() > 0.7  # and redrawn at each block (1 in 10 repeats)
+    assert set(sizes) <= set(MULTISCALE_SIZES) and list(MULTISCALE_SIZES) == [320 + 32 * i for i in range(10)]
+    draws = np.array([multiscale_size(0, 10 * b) for b in range(2000)])
+    freq = np.array([(draws == s).mean() for s in MULTISCALE_SIZES])
+    assert np.abs(freq - 0.1).max() < 0.03  # uniform, as (rand() % 10 + 10) * 32
+
+
+def test_sizes_continue_across_epochs_and_are_seeded():
+    s = MultiScaleBatchSampler(95, 4, seed=3)  # 23 batches per epoch: blocks straddle epochs
+    e0 = sizes_of(s)
+    s.set_epoch(1)
+    e1 = sizes_of(s)
+    assert e0 + e1 == [multiscale_size(3, b) for b in range(46)]
+    assert e0 != sizes_of(MultiScaleBatchSampler(95, 4, seed=4))
+    assert sizes_of(MultiScaleBatchSampler(95, 4, sizes=None, size=416)) == [416] * 23
+
+
+def test_ranks_share_sizes_and_get_disjoint_shards():
+    ranks = [MultiScaleBatchSampler(103, 5, seed=2, rank=r, world_size=3) for r in range(3)]
+    batches = [list(s) for s in ranks]
+    assert len({len(b) for b in batches}) == 1 and len(batches[0]) == 103 // 3 // 5
+    assert sizes_of(ranks[0]) == sizes_of(ranks[1]) == sizes_of(ranks[2])
+    seen = [{s.index for b in bs for s in b} for bs in batches]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    # without drop_last every image is seen (DistributedSampler's wrap-around padding)
+    full = [MultiScaleBatchSampler(103, 5, seed=2, rank=r, world_size=3, drop_last=False) for r in range(3)]
+    assert {s.index for f in full for b in f for s in b} == set(range(103))
+    assert [len(f) for f in full] == [7, 7, 7]
+
+
+def test_epochs_shuffle_and_resume_is_exact():
+    s = MultiScaleBatchSampler(64, 4, seed=9)
+    s.set_epoch(2)
+    whole = list(s)
+    assert sorted(i.index for b in whole for i in b) == list(range(64))
+    s.set_epoch(2, start_batch=7)
+    assert len(s) == 9 and list(s) == whole[7:]
+    resumed = MultiScaleBatchSampler(64, 4, seed=9, epoch=2, start_batch=7)
+    assert list(resumed) == whole[7:]
+    s.set_epoch(3)
+    assert [i.index for i in next(iter(s))] != [i.index for i in whole[0]]
+    ordered = MultiScaleBatchSampler(10, 5, shuffle=False)
+    assert [[i.index for i in b] for b in ordered] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(rank=2, world_size=2), "rank 2"),
+        (dict(batch_size=0), "bad sampler"),
+        (dict(start_batch=99), "start_batch 99"),
+    ],
+)
+def test_sampler_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MultiScaleBatchSampler(**{"dataset_len": 20, "batch_size": 4, **kwargs})

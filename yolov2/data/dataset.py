@@ -1,0 +1,214 @@
+"""Detection dataset, darknet's multi-scale batches (`random=1`) and the collate the loss expects.
+
+References: darknet `examples/detector.c` (`train_detector`: every 10 batches a new square size
+`(rand() % 10 + 10) * 32`), `src/data.c` (`load_data_detection`/`load_data_region`: truths as
+`(x, y, w, h, id)` rows, 30 per image, zero-padded). The transforms are `yolov2.data.augment`'s.
+
+Reproducibility: every random number of sample `index` in epoch `epoch` comes from a generator
+seeded by `(seed, epoch, index)`; the image order and the sizes are pure functions of `(seed, epoch,
+batch)`. So a run gives the same batches with any number of workers, on every rank, and after a
+resume from any batch. (Darknet's own 608-px final 200 batches are not forced here.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from yolov2.data.augment import EvalTransform
+from yolov2.data.voc import DatasetError, Record, record_labels
+from yolov2.image import read_image
+
+MAX_BOXES = 30  # darknet's truth cap per image (the loss's T)
+MULTISCALE_SIZES = tuple(range(320, 609, 32))  # (rand() % 10 + 10) * 32
+# The tag in second place keeps the three seeded streams apart (numpy's SeedSequence ignores
+# trailing zeros, so lengths alone would not).
+_SIZE, _ORDER, _SAMPLE = 1, 2, 3
+
+
+class Sample(NamedTuple):
+    """What the batch sampler hands the dataset: which image, at which size, in which epoch."""
+
+    index: int
+    size: int
+    epoch: int = 0
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of every random number sample `index` uses in `epoch`."""
+    return np.random.default_rng((seed, _SAMPLE, epoch, index))
+
+
+def multiscale_size(seed: int, batch: int, every: int = 10, sizes: Sequence[int] = MULTISCALE_SIZES) -> int:
+    """Network size of global batch `batch`: a new uniform draw from `sizes` every `every` batches.
+
+    Like darknet (count starts at 0, so batch 0 already draws). A pure function of (seed, batch // every),
+    so every rank and every resumed run sees the same sequence.
+    """
+    return int(sizes[np.random.default_rng((seed, _SIZE, batch // every)).integers(len(sizes))])
+
+
+class DetectionDataset(Dataset):
+    """Images and darknet truths: item -> (image (3, S, S) float32 RGB in [0, 1], truth (30, 5), index).
+
+    `augment` (a `yolov2.data.augment.Augmenter`) makes training samples; without it darknet's test
+    transform (`EvalTransform`: resize_image, or letterbox_image with `letterbox`) makes S x S and the
+    truth holds the non-difficult boxes mapped the same way.
+    Items are ints (size `size`, epoch 0) or `Sample(index, size, epoch)` from MultiScaleBatchSampler.
+    Truth rows are normalised centre-size `(x, y, w, h, class)`, zero rows after the last box.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        classes: Sequence[str],
+        augment=None,
+        size: int = 416,
+        letterbox: bool = False,
+        seed: int = 0,
+        max_boxes: int = MAX_BOXES,
+    ) -> None:
+        self.records = list(records)
+        self.classes = tuple(classes)
+        self.labels = [record_labels(r, self.classes) for r in self.records]  # each (K, 5)
+        self.augment, self.size, self.letterbox = augment, size, letterbox
+        self.seed, self.max_boxes = seed, max_boxes
+        self.transform = augment if augment is not None else EvalTransform(letterbox, max_boxes)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, item: int | Sample | tuple) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if isinstance(item, (int, np.integer)):
+            index, size, epoch = int(item), self.size, 0
+        else:
+            index, size, epoch = Sample(*item)
+        canvas, truth = self.load(index, size, epoch)
+        image = torch.from_numpy(np.ascontiguousarray(canvas.transpose(2, 0, 1)))  # (3, S, S)
+        return image, torch.from_numpy(truth), index
+
+    def load(self, index: int, size: int, epoch: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Sample `index` at `size`: canvas (S, S, 3) float32 RGB, truth (max_boxes, 5) `[x, y, w, h, id]`."""
+        path = self.records[index].image_path
+        try:
+            im = read_image(path)  # (H, W, 3) uint8 RGB; the transforms fold in darknet's /255
+        except (OSError, ValueError) as e:
+            if path in str(e):
+                raise
+            raise DatasetError(f"{path}: cannot load image: {e}") from e
+        canvas, truth = self.transform(
+            im, self.labels[index], size, size, sample_rng(self.seed, epoch, index)
+        )
+        return np.asarray(canvas, np.float32), np.asarray(truth, np.float32)
+
+
+def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """List of dataset items -> images (N, 3, S, S), truths (N, 30, 5), indices (N,) int64."""
+    images, truths, indices = zip(*batch, strict=True)
+    return torch.stack(images), torch.stack(truths), torch.tensor(indices, dtype=torch.int64)
+
+
+class MultiScaleBatchSampler(Sampler):
+    """Batches of `Sample(index, size, epoch)` with darknet's multi-scale sizes, sharded over ranks.
+
+    Each epoch a permutation seeded by (seed, epoch) (or 0..n-1 without `shuffle`) is cut to a multiple
+    of world_size (drop_last) or padded by wrapping (as DistributedSampler does), and rank r takes
+    every world_size-th index from r. All ranks have the same number of batches, and batch b of epoch e
+    has size `multiscale_size(seed, e * batches_per_epoch + b)` on all of them (`sizes=None`: always
+    `size`). `set_epoch(e, start_batch)` starts epoch e at batch `start_batch` for exact resume.
+    """
+
+    def __init__(
+        self,
+        dataset_len: int,
+        batch_size: int,
+        seed: int = 0,
+        every: int = 10,
+        sizes: Sequence[int] | None = MULTISCALE_SIZES,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        size: int = 416,
+        epoch: int = 0,
+        start_batch: int = 0,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        if batch_size < 1 or every < 1 or dataset_len < world_size:
+            raise ValueError(f"bad sampler: {dataset_len} images, batch {batch_size}, {world_size} ranks")
+        self.dataset_len, self.batch_size, self.seed, self.every = dataset_len, batch_size, seed, every
+        self.sizes, self.shuffle, self.drop_last = sizes, shuffle, drop_last
+        self.rank, self.world_size, self.size = rank, world_size, size
+        self.set_epoch(epoch, start_batch)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Use epoch `epoch`'s order, starting at its batch `start_batch` (0 <= it <= batches_per_epoch)."""
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch {start_batch} not in [0, {self.batches_per_epoch}]")
+        self.epoch, self.start_batch = epoch, start_batch
+
+    @property
+    def per_rank(self) -> int:
+        """Images each rank sees per epoch."""
+        if self.drop_last:
+            return self.dataset_len // self.world_size
+        return math.ceil(self.dataset_len / self.world_size)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return (
+            self.per_rank // self.batch_size if self.drop_last else math.ceil(self.per_rank / self.batch_size)
+        )
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start_batch
+
+    def size_of(self, epoch: int, batch: int) -> int:
+        """Network size of batch `batch` of `epoch`."""
+        if self.sizes is None:
+            return self.size
+        return multiscale_size(self.seed, epoch * self.batches_per_epoch + batch, self.every, self.sizes)
+
+    def rank_indices(self, epoch: int) -> np.ndarray:
+        """This rank's image indices for `epoch`, in order: (per_rank,)."""
+        n = self.dataset_len
+        order = (
+            np.random.default_rng((self.seed, _ORDER, epoch)).permutation(n) if self.shuffle else np.arange(n)
+        )
+        total = self.per_rank * self.world_size
+        order = order[:total] if total <= n else np.concatenate([order, order[: total - n]])
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[list[Sample]]:
+        idx, bs = self.rank_indices(self.epoch), self.batch_size
+        for b in range(self.start_batch, self.batches_per_epoch):
+            size = self.size_of(self.epoch, b)
+            yield [Sample(int(i), size, self.epoch) for i in idx[b * bs : (b + 1) * bs]]
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader worker setup: one thread each for OpenCV and torch (the workers are the parallelism)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def make_loader(
+    dataset: DetectionDataset, sampler: MultiScaleBatchSampler, num_workers: int = 0
+) -> DataLoader:
+    """A DataLoader of (images (N, 3, S, S), truths (N, 30, 5), indices (N,)) batches."""
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        worker_init_fn=worker_init if num_workers else None,
+        persistent_workers=False,
+    )

@@ -1,0 +1,448 @@
+"""Pascal VOC devkit reader, darknet's label convention, YOLO text labels and class lists.
+
+References: the VOC devkit layout (`VOC{year}/Annotations/*.xml`, `JPEGImages/*.jpg`,
+`ImageSets/Main/{set}.txt`); darknet `scripts/voc_label.py` (`convert`: the label lines darknet
+trains on) and `src/data.c` (`fill_truth_detection`: where a label file lives, how it is read).
+
+Box conventions: `VOCObject` holds **VOC pixel corners** exactly as in the XML (1-based, inclusive,
+no shift). `darknet_label_rows` and the YOLO text files hold **normalised centre-size**
+`[id, x, y, w, h]` with voc_label.py's `- 1` pixel shift of the centre.
+
+"Outside the image" means `xmin < 0`, `ymin < 0`, `xmax > width + 1` or `ymax > height + 1`:
+VOC is 1-based (valid corners 1..width), but 0-based tools write 0 and 1-based-exclusive tools
+write width + 1, both harmless; anything further out is a labelling error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from defusedxml import ElementTree
+
+log = logging.getLogger(__name__)
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)  # fmt: skip
+
+# The standard composition: train on 07+12 trainval, test on 07 test.
+TRAIN_SETS: tuple[tuple[str, str], ...] = (("2007", "trainval"), ("2012", "trainval"))
+TEST_SETS: tuple[tuple[str, str], ...] = (("2007", "test"),)
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing or wrong; the message names the file (and object or line)."""
+
+
+@dataclass
+class VOCObject:
+    """One `<object>`: class name and VOC pixel corners (1-based inclusive, as in the XML)."""
+
+    name: str
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+    difficult: bool = False
+    truncated: bool = False
+
+
+@dataclass
+class Annotation:
+    """One annotation file: image size in pixels and its objects (may be empty)."""
+
+    filename: str
+    width: int
+    height: int
+    objects: list[VOCObject] = field(default_factory=list)
+    path: str = ""
+
+
+@dataclass
+class Record:
+    """One training/testing image: its path and annotation (None for YOLO-text datasets).
+
+    `labels`, when set, are darknet label rows `[id, x, y, w, h]` (normalised centre-size) that
+    override the ones derived from `annotation` (custom datasets labelled in YOLO text format).
+    """
+
+    image_path: str
+    annotation: Annotation | None
+    labels: np.ndarray | None = None
+
+    @property
+    def image_id(self) -> str:
+        return Path(self.image_path).stem
+
+
+# --------------------------------------------------------------------------- XML parsing
+
+
+def _text(elem, tag: str, where: str, default: str | None = None) -> str:
+    child = elem.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        if default is not None:
+            return default
+        raise DatasetError(f"{where}: missing <{tag}>")
+    return child.text.strip()
+
+
+def _number(elem, tag: str, where: str) -> float:
+    text = _text(elem, tag, where)
+    try:
+        value = float(text)  # VOC 2012 has a few "273.5"-style coordinates
+    except ValueError:
+        raise DatasetError(f"{where}: <{tag}> is not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise DatasetError(f"{where}: <{tag}> is not finite: {text!r}")
+    return value
+
+
+def _flag(elem, tag: str, where: str) -> bool:
+    # missing or empty <difficult>/<truncated> means 0 (third-party VOC-style files omit them)
+    child = elem.find(tag)
+    if child is None or not (child.text or "").strip():
+        return False
+    return _number(elem, tag, where) != 0
+
+
+def _parse_object(obj, index: int, width: int, height: int, xml_path: str) -> VOCObject:
+    where = f"{xml_path}: object {index}"
+    name = _text(obj, "name", where)
+    bndbox = obj.find("bndbox")
+    if bndbox is None:
+        raise DatasetError(f"{where} ({name}): missing <bndbox>")
+    where = f"{where} ({name})"
+    xmin, ymin, xmax, ymax = (_number(bndbox, t, where) for t in ("xmin", "ymin", "xmax", "ymax"))
+    if xmin >= xmax or ymin >= ymax:
+        raise DatasetError(f"{where}: empty box xmin={xmin} ymin={ymin} xmax={xmax} ymax={ymax}")
+    if xmin < 0 or ymin < 0 or xmax > width + 1 or ymax > height + 1:
+        raise DatasetError(
+            f"{where}: box ({xmin}, {ymin}, {xmax}, {ymax}) outside the {width}x{height} image"
+        )
+    return VOCObject(
+        name, xmin, ymin, xmax, ymax, _flag(obj, "difficult", where), _flag(obj, "truncated", where)
+    )
+
+
+def parse_annotation(xml_path: str | Path) -> Annotation:
+    """Parse one VOC XML file (untrusted input, read with defusedxml); raise DatasetError if bad."""
+    xml_path = str(xml_path)
+    try:
+        root = ElementTree.parse(xml_path).getroot()
+    except (ElementTree.ParseError, ValueError) as e:  # defusedxml's refusals are ValueErrors
+        raise DatasetError(f"{xml_path}: malformed XML: {e}") from None
+    except OSError as e:
+        raise DatasetError(f"{xml_path}: cannot read: {e.strerror or e}") from None
+    size = root.find("size")
+    if size is None:
+        raise DatasetError(f"{xml_path}: missing <size>")
+    width, height = _number(size, "width", xml_path), _number(size, "height", xml_path)
+    if width <= 0 or height <= 0 or width != int(width) or height != int(height):
+        raise DatasetError(f"{xml_path}: bad image size {width}x{height}")
+    width, height = int(width), int(height)
+    filename = _text(root, "filename", xml_path, default=Path(xml_path).stem + ".jpg")
+    objects = [_parse_object(o, i, width, height, xml_path) for i, o in enumerate(root.iter("object"))]
+    return Annotation(filename, width, height, objects, xml_path)
+
+
+# --------------------------------------------------------------------------- annotation cache
+# One JSON file per Annotations/ folder, in the user's cache dir (the VOC root may be read-only),
+# entry per XML keyed by its name and validated by its (mtime_ns, size): a second start stats the
+# files instead of parsing them, and an edited file is re-parsed alone. JSON, not pickle: a cache
+# file is as untrusted as the XML it replaces.
+_CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """`$YOLOV2_CACHE`, else `$XDG_CACHE_HOME/yolov2`, else `~/.cache/yolov2`."""
+    if os.environ.get("YOLOV2_CACHE"):
+        return Path(os.environ["YOLOV2_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "yolov2"
+
+
+def cache_file(annotations_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Where the parsed annotations of one `Annotations/` folder are cached."""
+    key = hashlib.sha1(str(Path(annotations_dir).resolve()).encode()).hexdigest()[:16]
+    return Path(cache_dir or default_cache_dir()) / f"voc-annotations-{key}.json"
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") == _CACHE_VERSION and isinstance(data.get("entries"), dict):
+            return data["entries"]
+    except (OSError, ValueError, AttributeError):
+        pass  # absent, stale or corrupt: rebuilt from the XML
+    return {}
+
+
+def _write_cache(path: Path, entries: dict) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"version": _CACHE_VERSION, "entries": entries}))
+        os.replace(tmp, path)  # atomic, so ranks starting together never read half a file
+    except OSError as e:
+        log.warning("annotation cache not written (%s): %s", path, e)
+
+
+def _to_json(ann: Annotation) -> dict:
+    objs = [[o.name, o.xmin, o.ymin, o.xmax, o.ymax, o.difficult, o.truncated] for o in ann.objects]
+    return {"filename": ann.filename, "width": ann.width, "height": ann.height, "objects": objs}
+
+
+def _from_json(d: dict, path: str) -> Annotation:
+    return Annotation(d["filename"], d["width"], d["height"], [VOCObject(*o) for o in d["objects"]], path)
+
+
+def _cached(entry, st: os.stat_result, path: str) -> Annotation | None:
+    """The cached annotation if `entry` is well formed and the file's (mtime_ns, size) still match."""
+    try:
+        if entry["mtime_ns"] == st.st_mtime_ns and entry["size"] == st.st_size:
+            return _from_json(entry["annotation"], path)
+    except (KeyError, TypeError, ValueError):
+        pass  # a damaged entry is a miss
+    return None
+
+
+def _parse_cached(
+    xmls: list[Path], use_cache: bool, cache_dir: str | Path | None, skip_bad: bool, bad: list[str]
+) -> list[Annotation | None]:
+    """parse_annotation for each file, through the cache; None (and a note in `bad`) if skipped."""
+    path = cache_file(xmls[0].parent, cache_dir) if use_cache and xmls else None
+    entries = _read_cache(path) if path else {}
+    out: list[Annotation | None] = []
+    changed = False
+    for xml in xmls:
+        try:
+            st = xml.stat()
+        except OSError:
+            out.append(_bad(DatasetError(f"{xml}: missing annotation"), skip_bad, bad))
+            continue
+        hit = _cached(entries.get(xml.name), st, str(xml))
+        if hit is not None:
+            out.append(hit)
+            continue
+        try:
+            ann = parse_annotation(xml)
+        except DatasetError as err:
+            out.append(_bad(err, skip_bad, bad))
+            continue
+        entries[xml.name] = {"mtime_ns": st.st_mtime_ns, "size": st.st_size, "annotation": _to_json(ann)}
+        changed = True
+        out.append(ann)
+    if path and changed:
+        _write_cache(path, entries)
+    return out
+
+
+def _bad(err: DatasetError, skip_bad: bool, bad: list[str]) -> None:
+    if not skip_bad:
+        raise err
+    bad.append(str(err))
+    return None
+
+
+# --------------------------------------------------------------------------- devkit
+
+
+def read_image_set(root: str | Path, year: str, image_set: str) -> list[str]:
+    """Image ids listed in `root/VOC{year}/ImageSets/Main/{image_set}.txt` (first token per line)."""
+    path = Path(root) / f"VOC{year}" / "ImageSets" / "Main" / f"{image_set}.txt"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read image set: {e.strerror or e}") from None
+    return [line.split()[0] for line in lines if line.strip()]
+
+
+def _check_classes(ann: Annotation, classes: tuple[str, ...] | list[str], ignore_unknown: bool) -> Annotation:
+    unknown = [(i, o.name) for i, o in enumerate(ann.objects) if o.name not in classes]
+    if not unknown:
+        return ann
+    if not ignore_unknown:
+        i, name = unknown[0]
+        raise DatasetError(f"{ann.path}: object {i}: unknown class name {name!r} (not in the class list)")
+    kept = [o for o in ann.objects if o.name in classes]
+    return Annotation(ann.filename, ann.width, ann.height, kept, ann.path)
+
+
+def load_voc(
+    root: str | Path,
+    sets: tuple[tuple[str, str], ...] | list[tuple[str, str]] = TRAIN_SETS,
+    classes: tuple[str, ...] | list[str] = VOC_CLASSES,
+    skip_bad: bool = False,
+    ignore_unknown: bool = False,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+    require_images: bool = True,
+) -> list[Record]:
+    """Records of the composed image sets, in set order then listing order.
+
+    A missing image or bad annotation raises DatasetError naming the file; with `skip_bad` such
+    images are skipped and counted in a logged warning. An object whose class is not in `classes`
+    is an error unless `ignore_unknown` (then dropped, as darknet's voc_label.py does, so one can
+    train on a subset of the classes). Parsed XML is cached per file (`_parse_cached`).
+    `require_images=False` reads annotations alone (anchors, evaluation of a test set without images).
+    """
+    root = Path(root)
+    records: list[Record] = []
+    bad: list[str] = []
+    for year, image_set in sets:
+        base = root / f"VOC{year}"
+        ids = read_image_set(root, year, image_set)
+        xmls = [base / "Annotations" / f"{i}.xml" for i in ids]
+        anns = _parse_cached(xmls, cache, cache_dir, skip_bad, bad)
+        for image_id, ann in zip(ids, anns, strict=True):
+            if ann is None:
+                continue
+            image = base / "JPEGImages" / f"{image_id}.jpg"
+            try:
+                if require_images and not image.is_file():
+                    raise DatasetError(f"{image}: missing image (listed in {image_set}.txt of VOC{year})")
+                ann = _check_classes(ann, classes, ignore_unknown)
+            except DatasetError as e:
+                _bad(e, skip_bad, bad)
+                continue
+            records.append(Record(str(image), ann))
+    if bad:
+        log.warning("skipped %d bad images of %s (first: %s)", len(bad), root, bad[0])
+    return records
+
+
+# --------------------------------------------------------------------------- darknet labels
+
+
+def darknet_label_rows(annotation: Annotation, classes: tuple[str, ...] | list[str]) -> np.ndarray:
+    """voc_label.py's lines for the non-difficult objects: (K, 5) `[id, x, y, w, h]`.
+
+    Normalised centre-size with darknet's shift: x = ((xmin + xmax)/2 - 1)/width, w = (xmax - xmin)/width.
+    """
+    ids = {name: i for i, name in enumerate(classes)}
+    dw, dh = 1.0 / annotation.width, 1.0 / annotation.height
+    rows = []
+    for i, o in enumerate(annotation.objects):
+        if o.difficult:
+            continue
+        if o.name not in ids:
+            raise DatasetError(f"{annotation.path}: object {i}: unknown class name {o.name!r}")
+        x, y = (o.xmin + o.xmax) / 2.0 - 1, (o.ymin + o.ymax) / 2.0 - 1
+        rows.append((ids[o.name], x * dw, y * dh, (o.xmax - o.xmin) * dw, (o.ymax - o.ymin) * dh))
+    return np.array(rows, dtype=np.float64).reshape(-1, 5)
+
+
+def record_labels(record: Record, classes: tuple[str, ...] | list[str]) -> np.ndarray:
+    """The (K, 5) `[id, x, y, w, h]` rows a record trains on (its own labels, else from the XML)."""
+    if record.labels is not None:
+        return record.labels
+    if record.annotation is None:
+        return np.zeros((0, 5))
+    return darknet_label_rows(record.annotation, classes)
+
+
+def label_path(image_path: str | Path) -> Path:
+    """darknet's label file for an image (data.c `fill_truth_detection`): JPEGImages -> labels, .txt."""
+    p = Path(image_path)
+    parts = ["labels" if part in ("JPEGImages", "images") else part for part in p.parent.parts]
+    return Path(*parts) / (p.stem + ".txt")
+
+
+def write_yolo_labels(path: str | Path, rows: np.ndarray) -> None:
+    """Write (K, 5) `[id, x, y, w, h]` rows as `id x y w h` lines (voc_label.py's format)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"{int(r[0])} {r[1]!r} {r[2]!r} {r[3]!r} {r[4]!r}\n" for r in rows.tolist()]
+    path.write_text("".join(lines))
+
+
+def write_darknet_labels(records: list[Record], classes: tuple[str, ...] | list[str]) -> list[Path]:
+    """voc_label.py: one `labels/{id}.txt` beside each `JPEGImages/`; returns the paths written."""
+    out = []
+    for r in records:
+        out.append(label_path(r.image_path))
+        write_yolo_labels(out[-1], record_labels(r, classes))
+    return out
+
+
+def read_yolo_labels(path: str | Path, num_classes: int | None = None) -> np.ndarray:
+    """Read a YOLO text label file -> (K, 5) `[id, x, y, w, h]` normalised centre-size.
+
+    Errors name the file and line: wrong field count, non-numbers, a non-integer or out-of-range
+    class id, centres outside [0, 1], sizes outside (0, 1].
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read labels: {e.strerror or e}") from None
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            rows.append(_label_line(line, f"{path}:{n}", num_classes))
+    return np.array(rows, dtype=np.float64).reshape(-1, 5)
+
+
+def _label_line(line: str, where: str, num_classes: int | None) -> list[float]:
+    fields = line.split()
+    if len(fields) != 5:
+        raise DatasetError(f"{where}: expected 'class x y w h', got {len(fields)} fields: {line.strip()!r}")
+    try:
+        values = [float(f) for f in fields]
+    except ValueError:
+        raise DatasetError(f"{where}: not a number in {line.strip()!r}") from None
+    cls, x, y, w, h = values
+    if cls != int(cls) or cls < 0 or (num_classes is not None and cls >= num_classes):
+        raise DatasetError(f"{where}: bad class id {fields[0]!r}")
+    eps = 1e-6  # printed floats may overshoot by an ulp
+    if not (-eps <= x <= 1 + eps and -eps <= y <= 1 + eps and 0 < w <= 1 + eps and 0 < h <= 1 + eps):
+        raise DatasetError(f"{where}: box ({x}, {y}, {w}, {h}) is not normalised centre-size in [0, 1]")
+    return values
+
+
+def load_darknet_list(list_path: str | Path, num_classes: int | None = None) -> list[Record]:
+    """A darknet `train.txt` (one image path per line) with labels from `label_path` -> records."""
+    list_path = Path(list_path)
+    try:
+        lines = [s.strip() for s in list_path.read_text().splitlines() if s.strip()]
+    except OSError as e:
+        raise DatasetError(f"{list_path}: cannot read image list: {e.strerror or e}") from None
+    records = []
+    for n, image in enumerate(lines, 1):
+        image_path = Path(image) if Path(image).is_absolute() else list_path.parent / image
+        if not image_path.is_file():
+            raise DatasetError(f"{list_path}:{n}: missing image {image_path}")
+        records.append(Record(str(image_path), None, read_yolo_labels(label_path(image_path), num_classes)))
+    return records
+
+
+# --------------------------------------------------------------------------- class lists
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """A `voc.names`-style file: one class name per line (blank lines ignored, no duplicates)."""
+    path = Path(path)
+    try:
+        names = [s.strip() for s in path.read_text().splitlines() if s.strip()]
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read class names: {e.strerror or e}") from None
+    if not names:
+        raise DatasetError(f"{path}: no class names")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DatasetError(f"{path}: duplicate class names {dup}")
+    return names
+
+
+def write_class_names(path: str | Path, names: tuple[str, ...] | list[str]) -> None:
+    """Write one class name per line (the `--classes FILE` / darknet `names=` format)."""
+    Path(path).write_text("".join(f"{n}\n" for n in names))
