@@ -1,0 +1,150 @@
+"""Decode + darknet augmentation throughput at 416, against a plain pipeline, per worker and in a DataLoader.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py [--images 200] [--repeat 3]
+
+Writes a few VOC-sized JPEGs (~500x375, smooth shading + shapes + sensor-like noise) to a temp dir.
+"Plain" is the naive pipeline the issue measured: cv2 decode, nearest resize to 416, then one HSV
+round trip (cv2.cvtColor) per distortion (hue, saturation, exposure).  "Ours" is yolov2's exact
+load_data_detection (and load_data_region) on the same files.  Both run in this process on one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from yolov2.data.augment import Augmenter
+from yolov2.image import read_image
+
+SIZES = [(500, 375), (375, 500), (500, 333), (500, 400), (480, 360), (333, 500)]
+
+
+def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """VOC-like JPEGs: lit gradients, filled shapes, texture noise (so they compress like photos)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        w, h = SIZES[i % len(SIZES)]
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        base = rng.uniform(40, 200, 3) + rng.uniform(-60, 60, 3) * np.cos(x / rng.uniform(30, 90))[..., None]
+        img = base + 30 * np.sin(y / rng.uniform(20, 70) + x / rng.uniform(50, 150))[..., None]
+        for _ in range(rng.integers(2, 7)):
+            x0, y0 = rng.integers(0, w - 40), rng.integers(0, h - 40)
+            x1, y1 = min(x0 + rng.integers(20, w // 2), w), min(y0 + rng.integers(20, h // 2), h)
+            img[y0:y1, x0:x1] = rng.uniform(0, 255, 3) + rng.normal(0, 12, (y1 - y0, x1 - x0, 3))
+        img += rng.normal(0, 6, img.shape)
+        p = folder / f"{i:04d}.jpg"
+        cv2.imwrite(str(p), np.clip(img, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(p)
+    return paths
+
+
+def labels_for(rng: np.random.Generator, n: int = 3) -> np.ndarray:
+    """(n, 5) label rows (id, x, y, w, h), normalised centre-size."""
+    wh = rng.uniform(.05, .6, (n, 2))
+    xy = rng.uniform(wh / 2, 1 - wh / 2)
+    return np.concatenate([rng.integers(0, 20, (n, 1)), xy, wh], 1).astype(np.float32)
+
+
+def plain(path: Path, size: int, hsv: tuple[float, float, float]) -> np.ndarray:
+    """The naive pipeline: decode, nearest resize, one cvtColor round trip per distortion."""
+    im = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    im = cv2.resize(im, (size, size), interpolation=cv2.INTER_NEAREST).astype(np.float32) / 255
+    for ch, (shift, scale) in enumerate([(hsv[0] * 360, 1.0), (0.0, hsv[1]), (0.0, hsv[2])]):
+        x = cv2.cvtColor(im, cv2.COLOR_RGB2HSV)
+        x[..., ch] = x[..., ch] * scale + shift
+        if ch == 0:
+            x[..., 0] %= 360
+        im = cv2.cvtColor(x, cv2.COLOR_HSV2RGB)
+    return np.clip(im, 0, 1)
+
+
+def rates(fns: dict, paths: list[Path], repeat: int) -> dict[str, tuple[float, float]]:
+    """Best-of-`repeat` images/s per pipeline as (CPU time, wall time); pipelines alternate within each
+    repeat so a busy shared machine slows them alike.  CPU time is what one worker core spends."""
+    best = {name: (0.0, 0.0) for name in fns}
+    for fn in fns.values():
+        fn(paths[0])
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            c, t = time.process_time(), time.perf_counter()
+            for p in paths:
+                fn(p)
+            cpu, wall = len(paths) / (time.process_time() - c), len(paths) / (time.perf_counter() - t)
+            best[name] = (max(best[name][0], cpu), max(best[name][1], wall))
+    return best
+
+
+class _Files(torch.utils.data.Dataset):
+    def __init__(self, paths: list[Path], aug: Augmenter, size: int) -> None:
+        self.paths, self.aug, self.size = paths, aug, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng(i)
+        canvas, truth = self.aug(read_image(self.paths[i]), labels_for(rng), self.size, self.size, rng)
+        # stack (h, w, 3) canvases (a memcpy); the consumer permutes the batch to (N, 3, h, w), a view
+        return torch.from_numpy(canvas), torch.from_numpy(truth)
+
+
+def _worker_init(_: int) -> None:
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def loader_rate(paths: list[Path], aug: Augmenter, size: int, workers: int, epochs: int = 2) -> float:
+    dl = torch.utils.data.DataLoader(_Files(paths, aug, size), batch_size=16, num_workers=workers,
+                                     worker_init_fn=_worker_init, persistent_workers=True)
+    for _ in dl:   # start the workers and warm up
+        break
+    t, n = time.perf_counter(), 0
+    for _ in range(epochs):
+        for x, _ in dl:
+            n += len(x.permute(0, 3, 1, 2))   # (N, 3, h, w)
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=100)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--size", type=int, default=416)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    S, rng = args.size, np.random.default_rng(0)
+    det, reg = Augmenter("detection", .2, .1, 1.5, 1.5), Augmenter("region", .2, .1, 1.5, 1.5)
+    lab = labels_for(rng)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_jpegs(Path(tmp), args.images)
+        r = rates({
+            "decode": read_image,
+            "plain": lambda p: plain(p, S, (.05, 1.3, .8)),
+            "detection": lambda p: det(read_image(p), lab, S, S, rng),
+            "region": lambda p: reg(read_image(p), lab, S, S, rng),
+        }, paths, args.repeat)
+        print(f"one core, {args.images} JPEGs ~500x375 -> {S}x{S}, images/s, best of {args.repeat} "
+              f"(CPU time | wall time):")
+        rows = [("decode", "decode only (cv2 -> RGB uint8)"),
+                ("plain", "plain: decode, nearest, 3 HSV round trips"),
+                ("detection", "ours: load_data_detection (train_detector)"),
+                ("region", "ours: load_data_region (crop jitter)")]
+        for key, label in rows:
+            cpu, wall = r[key]
+            ratio = f"   x{cpu / r['plain'][0]:.2f} plain" if key in ("detection", "region") else ""
+            print(f"  {label:44s} {cpu:7.1f} | {wall:7.1f}{ratio}")
+        r_dl = loader_rate(paths, det, S, args.workers)
+        print(f"DataLoader, {args.workers} workers, batch 16, detection: {r_dl:.1f} images/s (wall)")
+
+
+if __name__ == "__main__":
+    main()
