@@ -8,6 +8,7 @@ Dimension letters used throughout: N batch, A anchors (darknet's `num`), C class
 from __future__ import annotations
 
 import importlib
+import os
 
 __version__ = "0.1.0"
 
@@ -19,7 +20,12 @@ _LAZY = {
     "box_iou": "yolov2.boxes",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted([*_LAZY, "fast_mode"])
+
+
+def fast_mode() -> bool:
+    """True when `YOLOV2_FAST=1` (set by `make test`/`make book`): shorten long runs, same code paths."""
+    return os.environ.get("YOLOV2_FAST", "0") == "1"
 
 
 def __getattr__(name: str):

@@ -1,0 +1,336 @@
+"""The built book in a real browser, offline; and a widget driven live through Voila.
+
+Debian's chromium, driven by Playwright (`executable_path`: no browser download), opens every page
+that `_toc.yml` lists from `_build/html` on disk (file://) and checks it against the executed
+notebook the page was rendered from (in the build's jupyter-cache): each figure is an `<img>` with a
+non-zero natural size, each math element was typeset by the vendored MathJax (no raw TeX left),
+each embedded widget was rendered by the vendored html-manager, and the page made no request but
+file:// ones, all of which succeeded. The live test serves a notebook with Voila on 127.0.0.1,
+changes a control in the browser and waits for the kernel's answer.
+
+Run after the book is built: `make test` runs nbval on the chapters, builds the book from that run,
+then this file. Skips only where chromium is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+# The executed notebooks the pages were rendered from. (Not _build/jupyter_execute/: in cache mode
+# myst-nb writes the unexecuted source there.)
+CACHE = ROOT / "_build" / ".jupyter_cache"
+SHOTS = ROOT / "_build" / "browser"  # a screenshot of every page, for a person to look at
+CHROMIUM = Path(os.environ.get("YOLOV2_CHROMIUM", "/usr/bin/chromium"))
+# Without the networking flags chromium keeps trying to reach Google's services.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+HIDDEN_OUTPUT_TAGS = {"remove-output", "remove-cell", "remove_output", "remove_cell"}
+TIMEOUT_MS = 60_000
+
+
+def toc_pages() -> list[str]:
+    """Docnames of every page `_toc.yml` lists (root, chapters, parts, sections), in order."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    pages = [toc["root"]]
+
+    def walk(entries: list[dict]) -> None:
+        for entry in entries or []:
+            if "file" in entry:
+                pages.append(entry["file"])
+            walk(entry.get("chapters") or entry.get("sections") or [])
+
+    walk(toc.get("parts") or [])
+    walk(toc.get("chapters") or [])
+    return [str(Path(p).with_suffix("")) for p in pages]
+
+
+@dataclass
+class Expected:
+    """What a page must show, counted from the notebook it was rendered from."""
+
+    figures: int = 0  # image outputs of visible cells
+    widget_views: int = 0  # widget outputs of visible cells
+    widget_figures: int = 0  # images inside Output widgets' embedded state
+    math: bool = False  # the source has $...$ or $$...$$
+
+
+def executed_notebook(source: Path) -> nbformat.NotebookNode:
+    """The executed version of a chapter, as the build found it in the cache."""
+    from jupyter_cache import get_cache
+
+    try:
+        return get_cache(str(CACHE)).merge_match_into_notebook(nbformat.read(source, as_version=4))[1]
+    except KeyError:
+        pytest.fail(f"{source.name} has no executed version in {CACHE}: build the book first "
+                    "(`make book`, or `make test`)")
+
+
+def expected_for(docname: str) -> Expected:
+    sources = [ROOT / f"{docname}{ext}" for ext in (".ipynb", ".md")]
+    source = next((s for s in sources if s.exists()), None)
+    if source is None:
+        pytest.fail(f"_toc.yml lists {docname}, but neither {docname}.ipynb nor {docname}.md exists")
+    if source.suffix == ".md":
+        return Expected(math=bool(re.search(r"\$[^$\s]", source.read_text())))
+    nb = executed_notebook(source)
+    exp = Expected(math=any(re.search(r"\$[^$\s]", c.source) for c in nb.cells if c.cell_type == "markdown"))
+    for cell in nb.cells:
+        if cell.cell_type != "code" or HIDDEN_OUTPUT_TAGS & set(cell.metadata.get("tags", [])):
+            continue
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if WIDGET_VIEW in data:  # myst-nb renders the widget, not its text/image fallbacks
+                exp.widget_views += 1
+            elif any(k.startswith("image/") for k in data):
+                exp.figures += 1
+    for model in nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {}).values():
+        for out in model["state"].get("outputs", []) if model["model_name"] == "OutputModel" else []:
+            exp.widget_figures += any(k.startswith("image/") for k in out.get("data", {}))
+    return exp
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian's chromium is not installed ({CHROMIUM}): `apt-get install -y chromium` "
+                    "(as root; `make test` does it where it can)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@dataclass
+class Traffic:
+    """Every request a page made, sorted into what is allowed and what is not."""
+
+    blocked: list[str]
+    failed: list[str]
+    errors: list[str]
+
+
+@contextmanager
+def open_page(browser, url: str, allowed: Callable[[str], bool]) -> Iterator[tuple[object, Traffic]]:
+    """A fresh page at url; requests that `allowed` rejects are aborted and recorded."""
+    context = browser.new_context(service_workers="block", viewport={"width": 1200, "height": 900})
+    traffic = Traffic([], [], [])
+
+    def route(r) -> None:
+        if allowed(r.request.url):
+            r.continue_()
+        else:
+            traffic.blocked.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.on("requestfailed", lambda req: traffic.failed.append(f"{req.url} ({req.failure})"))
+    page.on("websocket", lambda ws: None if allowed(ws.url) else traffic.blocked.append(ws.url))
+    page.on("pageerror", lambda err: traffic.errors.append(str(err)))
+    try:
+        page.goto(url, wait_until="load", timeout=TIMEOUT_MS)
+        yield page, traffic
+    finally:
+        context.close()
+
+
+def built_page(docname: str) -> Path:
+    page = HTML / f"{docname}.html"
+    if not page.exists():
+        pytest.fail(f"{page} is missing: build the book first (`make book`, or `make test`)")
+    return page
+
+
+@pytest.mark.parametrize("docname", toc_pages())
+def test_page_renders_offline(browser, docname: str) -> None:
+    exp = expected_for(docname)
+    url = built_page(docname).as_uri()
+    with open_page(browser, url, lambda u: u.startswith(LOCAL_SCHEMES)) as (page, tr):
+        # MathJax typesets after the deferred script loads; wait for it to finish.
+        page.evaluate("async () => { if (window.MathJax?.startup?.promise) await MathJax.startup.promise; }")
+        if exp.widget_views:
+            page.wait_for_function(  # html-manager renders each view into a .widget-subarea
+                "n => [...document.querySelectorAll('.widget-subarea')]"
+                ".filter(e => e.children.length).length >= n", arg=exp.widget_views, timeout=TIMEOUT_MS)
+        page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=TIMEOUT_MS)
+        seen = page.evaluate("""() => {
+            const ok = i => i.complete && i.naturalWidth > 0 && i.naturalHeight > 0;
+            const imgs = sel => [...document.querySelectorAll(sel)];
+            const maths = imgs('.math');
+            return {
+                broken: [...document.images].filter(i => !ok(i)).map(i => i.src.slice(0, 80)),
+                figures: imgs('.cell_output img').filter(i => !i.closest('.widget-subarea') && ok(i)).length,
+                widgets: imgs('.widget-subarea').filter(e => e.children.length).length,
+                widget_figures: imgs('.widget-subarea img').filter(ok).length,
+                math: maths.length,
+                untypeset: maths.filter(m => !m.querySelector('mjx-container'))
+                                .map(m => m.textContent.slice(0, 60)),
+                text: document.body.innerText,
+            };
+        }""")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / f"{docname.replace('/', '__')}.png"), full_page=True)
+    assert tr.blocked == [], f"{docname}: requests that left the disk: {tr.blocked}"
+    assert tr.failed == [], f"{docname}: local files that failed to load (not vendored?): {tr.failed}"
+    assert tr.errors == [], f"{docname}: JavaScript errors: {tr.errors}"
+    assert seen["broken"] == [], f"{docname}: images that did not load: {seen['broken']}"
+    assert seen["figures"] == exp.figures, f"{docname}: {seen['figures']} figures, notebook has {exp.figures}"
+    assert seen["widgets"] >= exp.widget_views, f"{docname}: {seen['widgets']}/{exp.widget_views} widgets"
+    assert seen["widget_figures"] >= exp.widget_figures, f"{docname}: widget figures missing"
+    assert "Error displaying widget" not in seen["text"]
+    if exp.math:
+        assert seen["math"] > 0, f"{docname}: the source has math but the page has no math element"
+    assert seen["untypeset"] == [], f"{docname}: math left as raw TeX: {seen['untypeset']}"
+    assert "$$" not in seen["text"], f"{docname}: raw $$ TeX left in the page"
+
+
+EXTERNAL_REF = re.compile(r"""<(?:script|link|img|iframe|source|audio|video|embed)\b[^>]*?"""
+                          r"""\b(?:src|href)\s*=\s*["']?((?:https?:)?//[^"'\s>]+)""", re.IGNORECASE)
+CSS_EXTERNAL = re.compile(r"""(?:@import\s+(?:url\()?|url\()\s*["']?((?:https?:)?//[^"')\s]+)""",
+                          re.IGNORECASE)
+
+
+def test_built_html_references_no_external_resources() -> None:
+    """Static twin of the browser check, over every built file: no tag or stylesheet loads from a URL."""
+    pages = sorted(HTML.rglob("*.html"))
+    if not pages:
+        pytest.fail(f"no HTML under {HTML}: build the book first (`make book`, or `make test`)")
+    found = [f"{p.relative_to(HTML)}: {m}" for p in pages for m in EXTERNAL_REF.findall(p.read_text())]
+    for css in HTML.rglob("*.css"):
+        found += [f"{css.relative_to(HTML)}: {m}" for m in CSS_EXTERNAL.findall(_strip_css_comments(css))]
+    assert found == []
+
+
+def _strip_css_comments(path: Path) -> str:
+    return re.sub(r"/\*.*?\*/", "", path.read_text(errors="replace"), flags=re.DOTALL)
+
+
+# ---- live widgets through Voila ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiveWidget:
+    """A notebook whose widget the live test drives: change `control`, watch `output` change.
+
+    control: CSS selector of a slider handle (pressed with ArrowRight) or of a <select> (moved to
+    its next option). check: optional extra assertion on the output's text before and after.
+    """
+
+    notebook: str  # relative to the repo root
+    control: str
+    output: str
+    check: Callable[[str, str], None] | None = None
+
+
+def _anchor_text(before: str, after: str) -> None:
+    from yolov2.cfg import parse_cfg, stock_cfg
+    from yolov2.region import RegionConfig
+
+    anchors = RegionConfig.from_section(parse_cfg(stock_cfg("yolov2-voc"))[-1]).anchors
+    assert before.strip() == f"anchor 0: w={anchors[0][0]:.4f} h={anchors[0][1]:.4f} cells"
+    assert after.strip() == f"anchor 1: w={anchors[1][0]:.4f} h={anchors[1][1]:.4f} cells"
+
+
+LIVE_WIDGETS = [
+    LiveWidget("tests/fixtures/book/live_anchor_slider.ipynb", control=".widget-slider .noUi-handle",
+               output=".widget-output", check=_anchor_text),
+    # The target-assignment inspector chapter plugs in here, e.g.
+    # LiveWidget("book/06x_inspector.ipynb", control=".widget-dropdown select", output=".widget-output"),
+]
+
+
+# Voila 0.5's own "lab" template links Font Awesome from a CDN (voila/templates/lab/index.html.j2).
+# The test aborts that request like any other non-local one, and tolerates only it.
+VOILA_TEMPLATE_CDN = "https://cdn.jsdelivr.net/npm/@fortawesome/fontawesome-free@"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def voila(notebook: Path, log: Path) -> Iterator[str]:
+    """Serve notebook with Voila on 127.0.0.1; yields its URL. The kernel is this venv's python."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}",
+           "--Voila.ip=127.0.0.1"]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=notebook.parent, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"voila exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"voila did not listen on port {port}:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _text(page, selector: str) -> str:
+    return page.evaluate("sel => document.querySelector(sel)?.innerText ?? ''", selector)
+
+
+@pytest.mark.parametrize("case", LIVE_WIDGETS, ids=lambda c: Path(c.notebook).stem)
+def test_widget_live_in_voila(browser, case: LiveWidget) -> None:
+    notebook = ROOT / case.notebook
+    assert notebook.exists(), f"{notebook} not found"
+    log = ROOT / "_build" / "browser" / f"voila-{notebook.stem}.log"
+    with voila(notebook, log) as url:
+        local = url.rstrip("/").split("//", 1)[1]  # 127.0.0.1:PORT, for http:// and ws://
+        with open_page(browser, url, lambda u: u.startswith(LOCAL_SCHEMES) or u.split("//", 1)[-1]
+                       .startswith(local)) as (page, tr):
+            control = page.wait_for_selector(case.control, timeout=TIMEOUT_MS)
+            page.wait_for_function("sel => (document.querySelector(sel)?.innerText ?? '').trim() !== ''",
+                                   arg=case.output, timeout=TIMEOUT_MS)
+            before = _text(page, case.output)
+            if control.evaluate("e => e.tagName") == "SELECT":
+                options = control.evaluate("e => [...e.options].map(o => o.value)")
+                current = control.evaluate("e => e.value")
+                control.select_option(options[(options.index(current) + 1) % len(options)])
+            else:
+                control.focus()
+                page.keyboard.press("ArrowRight")
+            page.wait_for_function("([sel, old]) => (document.querySelector(sel)?.innerText ?? '') !== old",
+                                   arg=[case.output, before], timeout=TIMEOUT_MS)
+            after = _text(page, case.output)
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOTS / f"voila-{notebook.stem}.png"), full_page=True)
+    others = [u for u in tr.blocked if not u.startswith(VOILA_TEMPLATE_CDN)]
+    assert others == [], f"Voila page requested non-local resources: {others}"
+    assert tr.errors == [], f"JavaScript errors in the Voila page: {tr.errors}"
+    if case.check:
+        case.check(before, after)
