@@ -1,0 +1,317 @@
+"""Detection with darknet's pre- and post-processing, batched, and the `detect` and `valid` commands.
+
+Reference: darknet `examples/detector.c` (`test_detector`, `validate_detector`), `src/network.c`
+(`network_predict`, `get_network_boxes`), `src/image.c` (`letterbox_image`, `draw_detections`).
+The pipeline: image -> letterbox (or plain resize) to the network size -> network -> region
+activation -> `yolov2.postprocess.detections_from_output` (boxes, letterbox undo, NMS).
+
+Images are (H, W, 3) RGB, uint8 or float32 in [0, 1] (`yolov2.image`). The results are
+`yolov2.postprocess.Detections`, one per image: **pixel centre-size** boxes of the original image
+(darknet's `relative=0` values), with `xyxy` pixel corners and `comp4_corners` VOC's 1-based ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from yolov2.cfg import CfgError
+from yolov2.data.voc import VOC_CLASSES, DatasetError, read_class_names, read_image_set
+from yolov2.evaluate import RESULT_PREFIX
+from yolov2.image import ImageError, letterbox_image, read_image, resize_image
+from yolov2.model import Darknet
+from yolov2.postprocess import Detections, detections_from_output
+from yolov2.region import activate
+from yolov2.viz import class_color
+from yolov2.weights import WeightsError
+
+PRECISIONS = ("fp32",)  # the forward's number formats; see Detector.forward
+NMS_KINDS = ("sort", "obj")
+
+
+class Detector:
+    """Darknet's detection pipeline around a `Darknet` net, batched.
+
+    letterbox: darknet's `letterbox_image` (test/valid), else a plain `resize_image` (the PyTorch
+    port's way). thresh: darknet's `-thresh` (.5 for detect, .005 for valid). nms: IoU threshold.
+    relative: NMS on relative boxes (test_detector) or on pixel boxes (validate_detector); the two
+    differ only at float rounding. nms_kind: `sort` (per class, darknet's default) or `obj`.
+    precision: the forward's number format (`fp32`).
+    """
+
+    def __init__(self, net, letterbox: bool = True, thresh: float = 0.5, nms: float = 0.45,
+                 relative: bool = True, nms_kind: str = "sort", device: str | torch.device | None = None,
+                 precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not supported (choose from {PRECISIONS})")
+        if nms_kind not in NMS_KINDS:
+            raise ValueError(f"nms_kind {nms_kind!r} is not one of {NMS_KINDS}")
+        self.net = net.eval() if device is None else net.eval().to(device)
+        self.device = next(net.parameters()).device
+        self.letterbox, self.thresh, self.nms = letterbox, thresh, nms
+        self.relative, self.nms_kind, self.precision = relative, nms_kind, precision
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) RGB image, float32 in [0, 1] or uint8 -> (neth, netw, 3) float32 network input."""
+        fit = letterbox_image if self.letterbox else resize_image
+        return fit(image, self.net.width, self.net.height)
+
+    @torch.no_grad()
+    def forward(self, batch: Tensor) -> Tensor:
+        """(N, 3, neth, netw) -> activated region output (N, A*(5+C), H, W) float32.
+
+        The one place that knows the precision: other number formats plug in here.
+        """
+        logits = self.net(batch.to(self.device, torch.float32))
+        return activate(logits.float(), self.net.region.num)
+
+    def detect_batch(self, inputs: np.ndarray, sizes: np.ndarray) -> list[Detections]:
+        """Pre-processed inputs (N, neth, netw, 3) of images sized (N, 2) `(w, h)` -> detections."""
+        batch = torch.from_numpy(np.ascontiguousarray(inputs.transpose(0, 3, 1, 2)))
+        output = self.forward(batch)
+        return detections_from_output(output, self.net.anchors.to(output.device), np.asarray(sizes),
+                                      self.net.width, self.net.height, self.thresh, self.nms,
+                                      letterbox=self.letterbox, relative=self.relative,
+                                      nms_kind=self.nms_kind)
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Detect objects in (H, W, 3) images, all in one forward."""
+        if not len(images):
+            return []
+        sizes = np.array([(im.shape[1], im.shape[0]) for im in images])
+        return self.detect_batch(np.stack([self.preprocess(im) for im in images]), sizes)
+
+
+def detections_to_json(paths: Sequence[str], dets: Sequence[Detections], class_names: Sequence[str]) -> str:
+    """The `detect --json` document: per image its path, size and detections."""
+    return json.dumps([{"image": str(p), "width": d.width, "height": d.height,
+                        "detections": d.to_json(class_names)} for p, d in zip(paths, dets, strict=True)],
+                      indent=1)
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def draw_boxes(image: np.ndarray, dets: Detections, class_names: Sequence[str]) -> np.ndarray:
+    """(H, W, 3) RGB (float in [0, 1] or uint8) -> uint8 BGR copy with labelled boxes (cv2)."""
+    if image.dtype != np.uint8:
+        image = (np.clip(image, 0, 1) * 255).astype(np.uint8)  # darknet's save_image truncates too
+    out = np.ascontiguousarray(image[:, :, ::-1])
+    h, w = out.shape[:2]
+    width = max(1, int(h * 0.006))  # darknet's line width
+    scale = max(0.35, h * 0.0012)
+    for (x1, y1, x2, y2), classes in dets.per_box():
+        r, g, b = class_color(classes[0][0], len(class_names))
+        color = (int(255 * b), int(255 * g), int(255 * r))
+        p1 = (int(np.clip(x1, 0, w - 1)), int(np.clip(y1, 0, h - 1)))
+        p2 = (int(np.clip(x2, 0, w - 1)), int(np.clip(y2, 0, h - 1)))
+        cv2.rectangle(out, p1, p2, color, width)
+        text = ", ".join(f"{class_names[c]} {100 * p:.0f}%" for c, p in classes)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        top = p1[1] - th - base if p1[1] - th - base >= 0 else p1[1]  # above the box if it fits
+        cv2.rectangle(out, (p1[0], top), (p1[0] + tw, top + th + base), color, cv2.FILLED)
+        cv2.putText(out, text, (p1[0], top + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+# --------------------------------------------------------------------------- commands
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class CommandError(Exception):
+    """A bad argument or input file; the CLI prints it and exits with status 1."""
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _load_net(cfg: str, weights: str, device: str | None) -> Darknet:
+    try:
+        net = Darknet(cfg)
+        net.load_weights(weights)
+    except (CfgError, WeightsError, OSError) as e:
+        raise CommandError(str(e)) from None
+    try:
+        return net.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, AssertionError) as e:  # unknown device string, or no such device here
+        raise CommandError(f"--device {device}: {e}") from None
+
+
+def _class_names(path: str | None, net: Darknet) -> list[str]:
+    names = read_class_names(path) if path else list(VOC_CLASSES)
+    if len(names) != net.num_classes:
+        where = path or "the default VOC class list"
+        raise CommandError(f"{where}: {len(names)} class names, but the cfg's [region] has "
+                           f"classes={net.num_classes}")
+    return names
+
+
+def _image_paths(inputs: Sequence[str]) -> list[Path]:
+    paths = []
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file())
+            if not found:
+                raise CommandError(f"{p}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise CommandError(f"{p}: no such image or folder")
+    return paths
+
+
+def _output_paths(images: Sequence[Path], out: Path, force: bool) -> list[Path]:
+    """Where each drawn image goes: out/<name>, PNG unless the input is JPEG or PNG."""
+    outs = [out / (p.stem + (p.suffix.lower() if p.suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"))
+            for p in images]
+    inputs = {p.resolve() for p in images}
+    seen: dict[Path, Path] = {}
+    for src, dst in zip(images, outs, strict=True):
+        if dst.resolve() in inputs:
+            raise CommandError(f"{dst}: would overwrite an input image; choose another --out folder")
+        if dst in seen:
+            raise CommandError(f"{src} and {seen[dst]} would both be drawn to {dst}")
+        seen[dst] = src
+        if dst.exists() and not force:
+            raise CommandError(f"{dst}: exists (use --force to overwrite)")
+    return outs
+
+
+def _common_args(p: argparse.ArgumentParser, thresh: float) -> None:
+    p.add_argument("--cfg", required=True, help="darknet .cfg (path or shipped name)")
+    p.add_argument("--weights", required=True, help="darknet .weights")
+    p.add_argument("--thresh", type=float, default=thresh,
+                   help=f"objectness and probability threshold ({thresh})")
+    p.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (.45)")
+    p.add_argument("--no-letterbox", action="store_true", help="plain resize, as the PyTorch port did")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward (8)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def _batches(items: Sequence, size: int) -> list:
+    return [items[k:k + size] for k in range(0, len(items), size)]
+
+
+def _run(main, argv: list[str], prog: str) -> int:
+    try:
+        return main(argv)
+    except (CommandError, DatasetError, ImageError, FileNotFoundError) as e:  # messages name the file
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def comp4_for_image_set(detector: Detector, paths: Sequence[Path], class_names: Sequence[str],
+                        batch_size: int = 8) -> dict[str, list[str]]:
+    """`validate_detector`'s result lines, per class, for images named `<image id>.<ext>`.
+
+    The next batch is decoded and letterboxed in a thread while this one runs through the network.
+    """
+    lines: dict[str, list[str]] = {c: [] for c in class_names}
+
+    def load(chunk: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+        images = [read_image(q) for q in chunk]  # uint8: the pre-processing reads it as (float)u8/255.
+        sizes = np.array([(im.shape[1], im.shape[0]) for im in images])
+        return np.stack([detector.preprocess(im) for im in images]), sizes
+
+    batches = _batches(paths, batch_size)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(load, batches[0]) if batches else None
+        for k, chunk in enumerate(tqdm(batches, desc="valid", unit="batch", file=sys.stderr)):
+            inputs, sizes = pending.result()
+            if k + 1 < len(batches):
+                pending = pool.submit(load, batches[k + 1])
+            for q, d in zip(chunk, detector.detect_batch(inputs, sizes), strict=True):
+                for c, ls in d.comp4_lines(q.stem, class_names).items():  # darknet's id: basecfg(path)
+                    lines[c] += ls
+    return lines
+
+
+def _detect(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m yolov2 detect", description="Detect objects in images "
+                                "(darknet's test_detector), draw them and/or print JSON.")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--out", help="folder for the drawn images")
+    p.add_argument("--json", action="store_true", help="print the detections as JSON")
+    p.add_argument("--names", help="class names, one per line (default: VOC's 20)")
+    _common_args(p, 0.5)
+    args = p.parse_args(argv)
+    if not args.out and not args.json:
+        print("no --out folder: printing the detections only", file=sys.stderr)
+    paths = _image_paths(args.images)
+    outs = _output_paths(paths, Path(args.out), args.force) if args.out else None
+    net = _load_net(args.cfg, args.weights, args.device)
+    names = _class_names(args.names, net)
+    detector = Detector(net, letterbox=not args.no_letterbox, thresh=args.thresh, nms=args.nms)
+    if outs:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    results = []
+    for k, chunk in enumerate(_batches(paths, args.batch_size)):
+        images = [read_image(q) for q in chunk]
+        for i, (q, im, d) in enumerate(zip(chunk, images, detector(images), strict=True)):
+            results.append(d)
+            if outs:
+                cv2.imwrite(str(outs[k * args.batch_size + i]), draw_boxes(im, d, names))
+            if not args.json:
+                print(f"{q}: {len(d)} detections", *d.draw_lines(args.thresh, names), sep="\n")
+    if args.json:
+        print(detections_to_json([str(q) for q in paths], results, names))
+    return 0
+
+
+def _valid(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m yolov2 valid", description="Write darknet's result files "
+                                "comp4_det_test_<class>.txt for a VOC image set (validate_detector).")
+    p.add_argument("--voc-root", required=True, help="folder holding VOC<year>/")
+    p.add_argument("--year", default="2007")
+    p.add_argument("--image-set", default="test")
+    p.add_argument("--out", required=True, help="folder for the result files")
+    p.add_argument("--classes", help="class names, one per line (default: VOC's 20)")
+    _common_args(p, 0.005)
+    args = p.parse_args(argv)
+    ids = read_image_set(args.voc_root, args.year, args.image_set)
+    folder = Path(args.voc_root) / f"VOC{args.year}" / "JPEGImages"
+    missing = [i for i in ids if not (folder / f"{i}.jpg").is_file()]
+    if missing:
+        raise CommandError(f"{folder / (missing[0] + '.jpg')}: missing image ({len(missing)} of the "
+                           f"{len(ids)} images of {args.image_set}.txt are missing)")
+    net = _load_net(args.cfg, args.weights, args.device)
+    names = _class_names(args.classes, net)
+    files = [Path(args.out) / f"{RESULT_PREFIX}{c}.txt" for c in names]
+    existing = [f for f in files if f.exists()]
+    if existing and not args.force:
+        raise CommandError(f"{existing[0]}: exists (use --force to overwrite)")
+    detector = Detector(net, letterbox=not args.no_letterbox, thresh=args.thresh, nms=args.nms,
+                        relative=False)  # validate_detector: pixel boxes (relative=0)
+    lines = comp4_for_image_set(detector, [folder / f"{i}.jpg" for i in ids], names, args.batch_size)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    for c, f in zip(names, files, strict=True):
+        f.write_text("".join(s + "\n" for s in lines[c]))
+    print(f"{len(ids)} images, {sum(map(len, lines.values()))} detections -> {args.out}/{RESULT_PREFIX}*.txt")
+    return 0
+
+
+def main_detect(argv: list[str]) -> int:
+    """`python -m yolov2 detect`: detect, draw into --out, print lines or JSON."""
+    return _run(_detect, argv, "yolov2 detect")
+
+
+def main_valid(argv: list[str]) -> int:
+    """`python -m yolov2 valid`: darknet's comp4 result files for a VOC image set."""
+    return _run(_valid, argv, "yolov2 valid")
