@@ -98,11 +98,11 @@ def grid(h: int, w: int, device=None, dtype=torch.float32) -> tuple[Tensor, Tens
     return i, j
 
 
-def pred_boxes(output: Tensor, anchors: Tensor) -> Tensor:
-    """Predicted boxes of every slot, from the *activated* output.
+def pred_box_parts(output: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The four parts of every slot's predicted box, each (N, A, H, W), normalised centre-size.
 
-    output: (N, A*(5+C), H, W) as returned by :func:`activate`; anchors: (A, 2) in grid cells.
-    Returns (N, A, H, W, 4) normalised centre-size `(x, y, w, h)`:
+    output: (N, A*(5+C), H, W) as returned by :func:`activate` (only entries 0..3 are read, so
+    (N, A*4, H, W) works too); anchors: (A, 2) in grid cells.
     x = (i + σ(tx))/W, y = (j + σ(ty))/H, w = exp(tw)·aw/W, h = exp(th)·ah/H.
     """
     a = anchors.shape[0]
@@ -115,4 +115,14 @@ def pred_boxes(output: Tensor, anchors: Tensor) -> Tensor:
     by = (j + y[:, :, 1]) / h
     bw = torch.exp(y[:, :, 2]) * aw / w
     bh = torch.exp(y[:, :, 3]) * ah / h
-    return torch.stack((bx, by, bw, bh), dim=-1)
+    return bx, by, bw, bh
+
+
+def pred_boxes(output: Tensor, anchors: Tensor) -> Tensor:
+    """Predicted boxes of every slot, from the *activated* output.
+
+    output: (N, A*(5+C), H, W) as returned by :func:`activate`; anchors: (A, 2) in grid cells.
+    Returns (N, A, H, W, 4) normalised centre-size `(x, y, w, h)`:
+    x = (i + σ(tx))/W, y = (j + σ(ty))/H, w = exp(tw)·aw/W, h = exp(th)·ah/H.
+    """
+    return torch.stack(pred_box_parts(output, anchors), dim=-1)

@@ -1,0 +1,220 @@
+"""RegionLoss against darknet's own region layer (../shared/golden/region, README section A).
+
+Oracle: darknet's `l.delta` after the GPU backward's logistic gradient (`delta_logit`), its printed
+diagnostics, and the manifest's per-truth decisions. p01, p02, p04, p05, p06 are copied (only the
+arrays used) into tests/fixtures/region; p03 (19x19, 0/3/30 truths) is read from ../shared.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import cache
+
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURES, shared_path
+
+import yolov2
+from yolov2.cfg import parse_cfg, stock_cfg
+from yolov2.loss import RegionLoss, check_inputs
+from yolov2.region import RegionConfig
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+REGION = FIXTURES / "region"
+CASES = json.loads((REGION / "cases.json").read_text())["cases"]
+STAT_KEYS = {"avg_iou": "diag_avg_iou", "class": "diag_class", "obj": "diag_obj", "no_obj": "diag_no_obj",
+             "avg_recall": "diag_avg_recall"}
+
+
+def load_case(name: str) -> dict[str, np.ndarray]:
+    path = REGION / f"{name}.npz"
+    if not path.exists():
+        path = shared_path("golden", "region", CASES[name]["file"])
+    with np.load(path, allow_pickle=False) as d:
+        return dict(d)
+
+
+@cache
+def run_case(name: str, device: str):
+    """Darknet's case, our loss, the gradient and the assignment (cached: several tests read it)."""
+    d = load_case(name)
+    loss_fn = RegionLoss(d["anchors"].reshape(-1, 2), 20).to(device)
+    logits = torch.tensor(d["input"], device=device, requires_grad=True)
+    truth = torch.tensor(d["truth"], device=device)
+    loss_fn(logits, truth, int(d["seen"])).backward()
+    return d, loss_fn.stats, logits.grad.cpu(), loss_fn.explain(logits, truth, int(d["seen"]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gradient_is_darknets_delta(name, device):
+    d, _, grad, _ = run_case(name, device)
+    torch.testing.assert_close(-grad, torch.tensor(d["delta_logit"]), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_stats_are_darknets_diagnostics(name, device):
+    d, stats, _, _ = run_case(name, device)
+    assert stats["count"] == int(d["diag_count"])
+    for key, golden in STAT_KEYS.items():
+        want = float(d[golden])
+        if math.isnan(want):  # darknet printed -nan: count == 0
+            assert math.isnan(stats[key]) and stats["count"] == 0
+        else:
+            assert stats[key] == pytest.approx(want, abs=1e-5), key
+    assert str(stats) == CASES[name]["printed"]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_discrete_decisions_are_darknets(name):
+    _, _, _, a = run_case(name, "cpu")
+    case = CASES[name]
+    got = [[b, t, a.cell_i[b, t].item(), a.cell_j[b, t].item(), a.best_anchor[b, t].item(),
+            int(a.overwritten[b, t].item())] for b, t in zip(*torch.nonzero(a.valid).T.tolist(), strict=True)]
+    assert got == case["truths"]
+    assert int(a.ignore.sum()) == case["ignored"]
+    assert int(a.positive.sum()) == case["positives"]
+    assert int(a.valid.sum()) == len(case["truths"])
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES if (REGION / f"{n}.npz").exists()))
+def test_fixture_is_a_faithful_copy(name):
+    """The trimmed copies in tests/fixtures hold darknet's arrays bit for bit."""
+    with np.load(shared_path("golden", "region", CASES[name]["file"])) as full:
+        for key, value in load_case(name).items():
+            np.testing.assert_array_equal(value, full[key], err_msg=key)
+
+
+def test_golden_cases_cover_the_situations():
+    """Zero truths, exactly 30, seen 12799 and 12800, a non-square grid are all among the cases."""
+    d = {n: load_case(n) for n in ("p03", "p04", "p02", "p05")}  # p03 skips where ../shared is absent
+    counts = (d["p03"]["truth"][..., 0] != 0).sum(1)
+    assert counts.tolist() == [0, 3, 30]
+    assert int(d["p04"]["seen"]) == 12799 and int(d["p02"]["seen"]) == 12800
+    assert d["p05"]["input"].shape[2:] == (10, 13)  # H = 10, W = 13
+
+
+def test_lazy_export_and_from_region():
+    section = next(s for s in parse_cfg(stock_cfg("yolov2-tiny-voc")) if s.type == "region")
+    loss_fn = yolov2.RegionLoss.from_region(RegionConfig.from_section(section))
+    d = load_case("p01")
+    torch.testing.assert_close(loss_fn.anchors, torch.tensor(d["anchors"]).view(-1, 2), atol=0, rtol=0)
+    p = loss_fn.params
+    assert (p.object_scale, p.noobject_scale, p.class_scale, p.coord_scale) == (5, 1, 1, 1)
+    assert (p.thresh, p.rescore, p.bias_match, loss_fn.num_classes) == (0.6, True, True, 20)
+
+
+def test_from_region_refuses_what_it_does_not_implement():
+    with pytest.raises(ValueError, match="softmax=0"):
+        RegionLoss.from_region(RegionConfig(anchors=((1.0, 1.0),), softmax=False))
+
+
+def _no_host_data(make):
+    """torch.tensor / as_tensor that refuse to copy host data onto a device (a sync on CUDA)."""
+    def guarded(data, *args, device=None, **kwargs):
+        host = not isinstance(data, torch.Tensor) or data.device.type == "cpu"
+        if host and device is not None and torch.device(device).type != "cpu":
+            raise AssertionError(f"host data {data!r} copied to {device} inside the loss")
+        return make(data, *args, device=device, **kwargs)
+    return guarded
+
+
+@pytest.mark.parametrize("bias_match", [True, False])
+def test_no_host_sync_inside_the_loss(monkeypatch, bias_match):
+    """On the meta device any .item(), nonzero() or boolean-mask indexing raises, and the guard
+    catches host data copied to the device: none of these happens in the loss or its backward."""
+    loss_fn = RegionLoss([(1.0, 1.5), (3.0, 2.0)], 3, bias_match=bias_match, validate=False).to("meta")
+    logits = torch.randn(2, 16, 5, 7, device="meta", requires_grad=True)
+    truth, seen = torch.rand(2, 30, 5, device="meta"), torch.full((), 5, device="meta")
+    monkeypatch.setattr(torch, "tensor", _no_host_data(torch.tensor))
+    monkeypatch.setattr(torch, "as_tensor", _no_host_data(torch.as_tensor))
+    loss = loss_fn(logits, truth, seen)
+    loss.backward()
+    assert logits.grad.shape == logits.shape and loss_fn.stats.tensors["count"].device.type == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="sync debug mode needs CUDA")
+def test_no_cuda_sync_inside_the_loss():
+    d = load_case("p02")
+    loss_fn = RegionLoss(d["anchors"].reshape(-1, 2), 20, validate=False).cuda()
+    logits = torch.tensor(d["input"], device="cuda", requires_grad=True)
+    truth, seen = torch.tensor(d["truth"], device="cuda"), torch.tensor(int(d["seen"]), device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss_fn(logits, truth, seen).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.testing.assert_close(-logits.grad.cpu(), torch.tensor(d["delta_logit"]), atol=2e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def _good():
+    logits = torch.zeros(2, 2 * 8, 4, 4)  # A=2, C=3
+    truth = torch.zeros(2, 4, 5)
+    truth[0, 0] = torch.tensor([0.5, 0.5, 0.2, 0.3, 2.0])
+    truth[1, :2] = torch.tensor([[0.3, 0.0, 0.1, 0.1, 0.0], [0.9, 0.9, 1.0, 1.0, 1.0]])
+    return logits, truth
+
+
+BAD_TRUTH = [
+    ((0, 0, 0), 1.0, "x outside"), ((0, 0, 0), 1.5, "x outside"), ((0, 0, 0), -0.1, "x outside"),
+    ((1, 1, 1), 1.0, "y outside"), ((0, 0, 1), -0.2, "y outside"), ((0, 0, 2), -0.1, "w outside"),
+    ((0, 0, 2), 0.0, "w outside"), ((1, 1, 3), 1.01, "h outside"), ((1, 0, 4), 3.0, "class not an integer"),
+    ((1, 0, 4), -1.0, "class not an integer"), ((1, 0, 4), 1.5, "class not an integer"),
+    ((0, 0, 1), float("nan"), "y outside"),
+]
+
+
+@pytest.mark.parametrize("where,value,msg", BAD_TRUTH)
+def test_bad_truth_is_a_clear_error(where, value, msg):
+    logits, truth = _good()
+    truth[where] = value
+    b, t, _ = where
+    with pytest.raises(ValueError, match=rf"truth\[{b}, {t}\].*{msg}"):
+        RegionLoss([(1, 1), (2, 2)], 3)(logits, truth, 0)
+
+
+def test_rows_after_the_terminator_are_not_checked():
+    """Darknet never reads past the first x == 0, so garbage there is legal."""
+    logits, truth = _good()
+    truth[0, 2] = torch.tensor([7.0, -3.0, -1.0, 9.0, 99.0])
+    check_inputs(logits, truth, 2, 3)
+
+
+@pytest.mark.parametrize("bad,msg", [(float("nan"), "NaN or Inf"), (float("inf"), "NaN or Inf")])
+def test_non_finite_logits_are_a_clear_error(bad, msg):
+    logits, truth = _good()
+    logits[1, 5, 2, 3] = bad
+    with pytest.raises(ValueError, match=rf"{msg}.*\(1, 5, 2, 3\)"):
+        RegionLoss([(1, 1), (2, 2)], 3)(logits, truth, 0)
+
+
+@pytest.mark.parametrize("shape", [(2, 15, 4, 4), (2, 16, 4)])
+def test_wrong_logit_shape_is_a_clear_error(shape):
+    _, truth = _good()
+    with pytest.raises(ValueError, match=r"logits have shape.*A=2 anchors and C=3 classes"):
+        RegionLoss([(1, 1), (2, 2)], 3)(torch.zeros(shape), truth, 0)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5), (2, 4, 4), (2, 5)])
+def test_wrong_truth_shape_is_a_clear_error(shape):
+    logits, _ = _good()
+    with pytest.raises(ValueError, match="truth has shape"):
+        RegionLoss([(1, 1), (2, 2)], 3)(logits, torch.zeros(shape), 0)
+
+
+@pytest.mark.parametrize("anchors", [[(1, 1, 1)], [(1, -2)], [[0.0, 1.0]]])
+def test_bad_anchors_are_a_clear_error(anchors):
+    with pytest.raises(ValueError, match="anchors must be"):
+        RegionLoss(anchors, 3)
+
+
+def test_without_validation_an_out_of_grid_truth_still_fails_loudly():
+    """validate=False skips the checks; a truth at x = 1 then fails in the scatter, never aliases."""
+    logits, truth = _good()
+    truth[0, 0, 0] = 1.0
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        RegionLoss([(1, 1), (2, 2)], 3, validate=False)(logits, truth, 0)
