@@ -294,8 +294,8 @@ def test_batched_postprocessing_equals_one_image_at_a_time(synth_net, device):
 
 
 def test_detector_arguments(synth_net):
-    with pytest.raises(ValueError, match="precision 'bf16' is not supported"):
-        Detector(synth_net, precision="bf16")
+    with pytest.raises(ValueError, match="precision 'fp16' is not supported"):
+        Detector(synth_net, precision="fp16")
     with pytest.raises(ValueError, match="nms_kind"):
         Detector(synth_net, nms_kind="soft")
     assert Detector(synth_net)([]) == []

@@ -383,6 +383,13 @@ class Darknet(nn.Module):
             rows.append(row | layer.describe())
         return rows
 
+    def fuse(self, precision: str = "fp32", pack: bool | None = None) -> nn.Module:
+        """The inference module (`yolov2.infer.FusedDarknet`): batch norm folded, channels_last, oneDNN
+        prepacked weights on CPU; precision "fp32" or "bf16". Its logits equal `self(x)`'s (fp32)."""
+        from yolov2.infer import fuse  # infer builds on this module
+
+        return fuse(self, precision, pack)
+
     def load_weights(self, path: str | Path, cutoff: int | None = None) -> None:
         """Darknet's `load_weights`; with cutoff, only conv layers < cutoff (darknet's `partial`)."""
         self.header, self.seen = load_darknet_weights(self, path, cutoff)
