@@ -251,11 +251,24 @@ def _anchor_text(before: str, after: str) -> None:
     assert after.strip() == f"anchor 1: w={anchors[1][0]:.4f} h={anchors[1][1]:.4f} cells"
 
 
+def _inspector_text(before: str, after: str) -> None:
+    """The inspector's summary (yolov2.widgets.summary_lines) for the next image: each image's truths
+    take one positive slot each, fewer only where a later truth overwrote an earlier one's."""
+    counts = re.compile(r"image (\d+): (\d+) truths → (\d+) positive slots, (\d+) ignored")
+    first, second = counts.search(before), counts.search(after)
+    assert first and second, f"no assignment summary in {before!r} / {after!r}"
+    assert (first[1], second[1]) == ("0", "1"), "the image dropdown moved to the next image"
+    for m, text in ((first, before), (second, after)):
+        overwritten = text.count("overwritten by a later truth")
+        assert int(m[3]) == int(m[2]) - overwritten >= 1, text
+
+
 LIVE_WIDGETS = [
     LiveWidget("tests/fixtures/book/live_anchor_slider.ipynb", control=".widget-slider .noUi-handle",
                output=".widget-output", check=_anchor_text),
-    # The target-assignment inspector chapter plugs in here, e.g.
-    # LiveWidget("book/06x_inspector.ipynb", control=".widget-dropdown select", output=".widget-output"),
+    # the target-assignment inspector (book chapter 6b): the first dropdown is the image
+    LiveWidget("book/06b_inspector.ipynb", control=".widget-dropdown select",
+               output=".yolov2-inspector-summary", check=_inspector_text),
 ]
 
 

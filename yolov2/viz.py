@@ -1,8 +1,14 @@
-"""Plot helpers shared by the book's chapters: detections on an image, precision-recall curves.
+"""Plot helpers shared by the book's chapters: detections, ground-truth boxes, the region layer's
+grid and anchors, target assignments, precision-recall curves.
 
 Each takes a matplotlib `ax`, draws on it and returns the artists; nothing is set at import time.
 Class colours are darknet's (`src/image.c`: `get_color`, and `draw_detections`' offset
-`class*123457 % classes`), so a figure matches darknet's `predictions.png`.
+`class*123457 % classes`), so a figure matches darknet's `predictions.png`. Assignment figures
+read a `yolov2.assign.Assignment` (darknet's `forward_region_layer` decisions), never recompute it.
+
+`draw_boxes` and the grid/assignment helpers use continuous pixels: pixel column c spans [c, c+1),
+an image of width Wp is shown over [0, Wp] (`extent`), and a box's *pixel corners* `(x0, y0, x1, y1)`
+are drawn as given; a normalised centre-size box (x, y, w, h) has corners `x0 = (x - w/2)·Wp`, ...
 """
 
 from __future__ import annotations
@@ -10,7 +16,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.patches import Rectangle
+
+from yolov2.assign import IGNORED, NEGATIVE, POSITIVE
+
+# slot states of an Assignment: negative grey, ignored orange, positive green
+STATE_COLORS = {NEGATIVE: (0.88, 0.88, 0.88), IGNORED: (1.0, 0.62, 0.1), POSITIVE: (0.15, 0.65, 0.25)}
 
 # darknet's colour ramp: magenta, blue, cyan, green, yellow, red
 _RAMP = ((1, 0, 1), (0, 0, 1), (0, 1, 1), (0, 1, 0), (1, 1, 0), (1, 0, 0))
@@ -80,4 +92,172 @@ def plot_pr_curves(ax, curves: Mapping[str, object], aps: Mapping[str, float | N
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
+    return artists
+
+
+# --------------------------------------------------------------------------- boxes, grid, anchors
+
+
+def to_corners(boxes, width: float, height: float) -> np.ndarray:
+    """Normalised centre-size boxes (..., 4) `(x, y, w, h)` -> pixel corners (..., 4) `(x0, y0, x1, y1)`
+    on a width x height image (continuous pixels, no VOC +1)."""
+    b = np.asarray(boxes, dtype=np.float64)
+    x, y, w, h = b[..., 0] * width, b[..., 1] * height, b[..., 2] * width, b[..., 3] * height
+    return np.stack((x - w / 2, y - h / 2, x + w / 2, y + h / 2), -1)
+
+
+def _show_image(ax, image: np.ndarray) -> object:
+    h, w = image.shape[:2]
+    return ax.imshow(np.clip(image, 0, 1), extent=(0, w, h, 0), interpolation="nearest")
+
+
+def draw_boxes(ax, image: np.ndarray | None, corners, ids: Sequence[int], class_names: Sequence[str],
+               dashed: Sequence[bool] | None = None, labels: bool = False, linewidth: float = 1.5,
+               fontsize: float = 7) -> list:
+    """Ground-truth boxes, coloured by class (darknet's colours), on `image` (H, W, 3) RGB in [0, 1].
+
+    corners: (K, 4) pixel corners `(x0, y0, x1, y1)` (continuous: pixel i spans [i, i+1)); ids: K class
+    indices into class_names; dashed: K flags (e.g. VOC's difficult) drawn dashed; labels writes the
+    class name above each box. With an image the axes show exactly it (limits fixed, no axis), so
+    boxes drawn later that stick out are clipped; image None draws on the axes as they are.
+    """
+    artists = [] if image is None else [_show_image(ax, np.asarray(image))]
+    for k, ((x0, y0, x1, y1), c) in enumerate(zip(np.asarray(corners).reshape(-1, 4), ids, strict=True)):
+        color = class_color(int(c), len(class_names))
+        style = "--" if dashed is not None and dashed[k] else "-"
+        artists.append(ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=color,
+                                              lw=linewidth, ls=style)))
+        if labels:
+            artists.append(ax.text(x0, y0, class_names[int(c)], color="black", fontsize=fontsize, va="bottom",
+                                   bbox={"facecolor": color, "edgecolor": "none", "pad": 1}, clip_on=True))
+    if image is not None:  # the image's frame, kept when later patches stick out of it
+        h, w = np.asarray(image).shape[:2]
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        ax.set_axis_off()
+    return artists
+
+
+def draw_grid(ax, h: int, w: int, size: tuple[float, float] | None = None, color="white",
+              linewidth: float = 0.6, alpha: float = 0.7) -> list:
+    """The region layer's H x W cells over an image of `size` = (width, height) pixels (default (W, H):
+    grid units, one cell = 1). Returns the two line collections (columns, rows)."""
+    sw, sh = size if size is not None else (w, h)
+    xs, ys = np.arange(w + 1) * (sw / w), np.arange(h + 1) * (sh / h)
+    style = {"colors": color, "linewidth": linewidth, "alpha": alpha}
+    return [ax.vlines(xs, 0, sh, **style), ax.hlines(ys, 0, sw, **style)]
+
+
+def _tab10(k: int) -> tuple:
+    return colormaps["tab10"](k % 10)
+
+
+def draw_anchors(ax, anchors, h: int, w: int, cell: tuple[int, int], size: tuple[float, float] | None = None,
+                 labels: bool = True, linewidth: float = 1.5, fontsize: float = 7) -> list:
+    """Each anchor's box centred on cell `(i, j)` (column, row) of an H x W grid.
+
+    anchors: (A, 2) `(w, h)` in grid cells (as in a cfg); size: (width, height) of the image in
+    pixels (default (W, H), grid units). Anchor n spans `aw/W` of the image width, like a prediction
+    with tw = 0. Colours: matplotlib's tab10, anchor n the n-th.
+    """
+    sw, sh = size if size is not None else (w, h)
+    cw, ch = sw / w, sh / h  # one cell in pixels
+    i, j = cell
+    cx, cy = (i + 0.5) * cw, (j + 0.5) * ch
+    artists = []
+    for n, (aw, ah) in enumerate(np.asarray(anchors, dtype=np.float64).reshape(-1, 2)):
+        bw, bh = aw * cw, ah * ch
+        artists.append(ax.add_patch(Rectangle((cx - bw / 2, cy - bh / 2), bw, bh, fill=False, ec=_tab10(n),
+                                              lw=linewidth)))
+        if labels:
+            artists.append(ax.text(cx - bw / 2, cy - bh / 2, f"a{n}", color=_tab10(n), fontsize=fontsize,
+                                   va="bottom", ha="left", clip_on=True))
+    cell_patch = Rectangle((i * cw, j * ch), cw, ch, fill=True, fc="white", alpha=0.35, ec="none")
+    artists.append(ax.add_patch(cell_patch))
+    return artists
+
+
+# --------------------------------------------------------------------------- target assignment
+
+
+def truth_color(t: int) -> tuple:
+    """The colour of truth row t in assignment figures (tab10, cycling)."""
+    return _tab10(t)
+
+
+def draw_anchor_slots(ax, assignment, image_index: int, size: tuple[float, float] | None = None,
+                      truths: bool = True, ignored: bool = True,
+                      highlight: tuple[int, int, int] | None = None,
+                      class_names: Sequence[str] | None = None, fontsize: float = 7) -> list:
+    """What the region layer decided for one image of a batch, from a `yolov2.assign.Assignment`.
+
+    Draws the image's truths (thin, colour of the truth row), the predicted box of every positive slot
+    (thick, the colour of the truth that owns it, labelled `t·a IoU`), the predicted boxes of ignored
+    slots (dashed orange) and, with `highlight=(n, j, i)` (anchor, row, column), that slot's cell and
+    box in black. size: (width, height) of the shown image in pixels (default (W, H): grid units).
+    """
+    a, b = assignment, image_index
+    _, _, h, w = a.state.shape  # (N, A, H, W)
+    sw, sh = size if size is not None else (w, h)
+    artists = []
+
+    def box(xywh, **style) -> None:
+        x0, y0, x1, y1 = to_corners(np.asarray(xywh, dtype=np.float64), sw, sh)
+        artists.append(ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, **style)))
+
+    if truths:
+        for t in np.flatnonzero(a.valid[b].cpu().numpy()):
+            row = a.truth[b, t].tolist()
+            box(row[:4], ec=truth_color(t), lw=1.2)
+            name = f" {class_names[int(row[4])]}" if class_names is not None else ""
+            x0, y0 = to_corners(row[:4], sw, sh)[:2]
+            label = {"facecolor": truth_color(t), "edgecolor": "none", "pad": 1}
+            artists.append(ax.text(x0, y0, f"t{t}{name}", color="white", fontsize=fontsize, va="bottom",
+                                   clip_on=True, bbox=label))
+    state = a.state[b].cpu().numpy()  # (A, H, W)
+    pred = a.pred[b].cpu().numpy()  # (A, H, W, 4) normalised centre-size
+    if ignored:
+        for n, j, i in zip(*np.nonzero(state == IGNORED), strict=True):
+            box(pred[n, j, i], ec=STATE_COLORS[IGNORED], lw=1.0, ls="--")
+    for n, j, i in zip(*np.nonzero(state == POSITIVE), strict=True):
+        t = int(a.truth_index[b, n, j, i])
+        box(pred[n, j, i], ec=truth_color(t), lw=2.4)
+        x0, _, _, y1 = to_corners(pred[n, j, i], sw, sh)
+        artists.append(ax.text(x0, y1, f"t{t}·a{n} IoU {float(a.iou[b, n, j, i]):.2f}", color="black",
+                               fontsize=fontsize, va="top", clip_on=True,
+                               bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1}))
+    if highlight is not None:
+        n, j, i = highlight
+        cw, ch = sw / w, sh / h
+        artists.append(ax.add_patch(Rectangle((i * cw, j * ch), cw, ch, fc="black", alpha=0.35, ec="black")))
+        box(pred[n, j, i], ec="black", lw=1.6, ls=":")
+    return artists
+
+
+def draw_slot_states(ax, assignment, image_index: int, anchor: int, annotate_above: float | None = 0.3,
+                     highlight: tuple[int, int] | None = None, fontsize: float = 6) -> list:
+    """One anchor's H x W slots coloured by state (negative grey, ignored orange, positive green).
+
+    Negative slots are shaded darker the closer their best IoU is to the image's truths; slots that
+    are not negative, or whose best IoU is above `annotate_above` (None: none), show it as text.
+    highlight: (j, i) outlines one slot. Axes in cells: column i along x, row j along y.
+    """
+    a, b = assignment, image_index
+    state = a.state[b, anchor].cpu().numpy()  # (H, W)
+    best = a.best_iou[b, anchor].cpu().numpy()
+    rgb = np.empty((*state.shape, 3))
+    for s, color in STATE_COLORS.items():
+        rgb[state == s] = color
+    neg = state == NEGATIVE
+    rgb[neg] *= (1 - 0.7 * np.clip(best[neg], 0, 1))[:, None]  # darker with a higher best IoU
+    artists = [ax.imshow(rgb, extent=(0, state.shape[1], state.shape[0], 0), interpolation="nearest")]
+    if annotate_above is not None:
+        for j, i in zip(*np.nonzero(~neg | (best > annotate_above)), strict=True):
+            artists.append(ax.text(i + 0.5, j + 0.5, f"{best[j, i]:.2f}".lstrip("0"), ha="center",
+                                   va="center", fontsize=fontsize))
+    if highlight is not None:
+        j, i = highlight
+        artists.append(ax.add_patch(Rectangle((i, j), 1, 1, fill=False, ec="black", lw=1.5)))
+    ax.set_xticks([])
+    ax.set_yticks([])
     return artists
