@@ -1,0 +1,127 @@
+"""The training loop: a step learns, `seen` is darknet's, a killed run resumes exactly, NaN stops.
+
+Runs the narrow cfg (yolov2-tiny-synth) at 64-96 px on a dozen synthetic VOC images, on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from yolov2.cfg import stock_cfg
+from yolov2.checkpoint import cfg_fingerprint
+from yolov2.data.synth import make_synthetic_voc
+from yolov2.model import Darknet
+from yolov2.train import Runtime, Settings, Trainer, TrainError, read_log, train
+
+SYNTH = stock_cfg("yolov2-tiny-synth")
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(batch=4, subdivisions=2, sizes=[64, 96], device="cpu", workers=0, progress=False, seed=3)
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory) -> Path:
+    return make_synthetic_voc(tmp_path_factory.mktemp("synth") / "voc", 12, 0, seed=5)
+
+
+def trainer(voc: Path, out: Path, **kw) -> Trainer:
+    out.mkdir(parents=True, exist_ok=True)
+    s = Settings(str(SYNTH), str(voc), batch=4, subdivisions=2, sizes=[64], seed=3, **kw)
+    return Trainer(s, Runtime(torch.device("cpu"), progress=False), out, resume=False)
+
+
+def test_one_update_reduces_the_loss_on_a_fixed_batch(voc, tmp_path):
+    t = trainer(voc, tmp_path, learning_rate=0.01, max_batches=5)
+    fixed = t.next_batch()
+    t.next_batch = lambda: fixed  # every forward sees the same images
+    first = t.iteration()["loss"]  # the loss before the first update...
+    second = t.iteration()["loss"]  # ...and after it, on the same batch
+    assert second < first * 0.99
+
+
+def test_seen_rule_switches_off_at_12800(voc, tmp_path):
+    # darknet: seen += 2 (batch/subdivisions) before each forward; the prior pull needs seen < 12800
+    net = Darknet(SYNTH)
+    net.seen = 12794
+    net.save_weights(tmp_path / "start.weights")
+    t = trainer(voc, tmp_path / "run", weights=str(tmp_path / "start.weights"), max_batches=3202)
+    seen_at_loss = []
+    explain = t.loss_fn.explain
+
+    def recording(logits, truth, seen):
+        a = explain(logits, truth, seen)
+        seen_at_loss.append((seen, bool(a.prior_active)))
+        return a
+
+    t.loss_fn.explain = recording
+    rows = [t.iteration() for _ in range(2)]
+    assert seen_at_loss == [(12796, True), (12798, True), (12800, False), (12802, False)]
+    assert [r["batch"] for r in rows] == [12798 // 4, 12802 // 4]  # batch_num = seen // batch
+
+
+def test_nan_loss_stops_naming_the_batch(voc, tmp_path):
+    with pytest.raises(TrainError, match=r"loss is (nan|inf) at batch 2 \(iteration 2"):
+        train(SYNTH, voc, tmp_path / "run", max_batches=10, learning_rate=1e12, **SMALL)
+
+
+def test_read_log_and_result(voc, tmp_path):
+    r = train(SYNTH, voc, tmp_path / "run", max_batches=4, checkpoint_every=2, **SMALL)
+    log = read_log(r.log)
+    assert list(log["batch"]) == [1, 2, 3, 4] and list(log["seen"]) == [4, 8, 12, 16]
+    assert r.seen == 16 and r.batches == 4 and r.plot.is_file()
+    assert set(log["size"]) <= {64, 96}
+    net = Darknet(SYNTH)
+    net.load_weights(r.weights)
+    assert net.seen == 16  # darknet's header keeps seen
+
+
+def run_cli(out: Path, voc: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "yolov2", "train", str(SYNTH), str(voc), "--out", str(out), "--max-batches",
+           "24", "--batch", "4", "--subdivisions", "2", "--sizes", "64,96", "--device", "cpu", "--workers",
+           "0", "--seed", "7", "--checkpoint-every", "2", "--final-batches", "4", "--no-progress", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(p: subprocess.Popen, out: Path, min_step: int, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and p.poll() is None:
+        log = out / "log.csv"
+        if (out / "checkpoint.pt").exists() and log.exists() and len(log.read_text().splitlines()) > min_step:
+            return
+        time.sleep(0.02)
+    pytest.fail(f"no checkpoint before the run ended: {p.communicate()}")
+
+
+def test_kill_and_resume_equals_no_interruption(voc, tmp_path):
+    whole = run_cli(tmp_path / "whole", voc)
+    killed = run_cli(tmp_path / "killed", voc)
+    wait_for_checkpoint(killed, tmp_path / "killed", min_step=5)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    log = read_log(tmp_path / "killed")
+    assert 5 <= len(log["step"]) < 24, "the run was not killed mid-way"
+    resumed = run_cli(tmp_path / "killed", voc, "--resume")
+    for p in (whole, resumed):
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    a = (tmp_path / "whole" / "yolov2-tiny-synth_final.weights").read_bytes()
+    b = (tmp_path / "killed" / "yolov2-tiny-synth_final.weights").read_bytes()
+    assert a == b  # bit for bit, seen in the header included
+    log_a, log_b = read_log(tmp_path / "whole"), read_log(tmp_path / "killed")
+    assert list(log_b["step"]) == list(range(1, 25))
+    assert list(log_a["loss"]) == list(log_b["loss"]) and list(log_a["size"]) == list(log_b["size"])
+    assert set(log_a["size"][:20]) == {64, 96} and set(log_a["size"][20:]) == {96}  # darknet's final phase
+
+
+def test_cfg_fingerprint_recorded(voc, tmp_path):
+    r = train(SYNTH, voc, tmp_path / "run", max_batches=1, **SMALL)
+    ckpt = torch.load(r.checkpoint, weights_only=True)
+    assert ckpt["fingerprint"] == cfg_fingerprint(SYNTH) and ckpt["seen"] == 4
