@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from yolov2.cfg import CfgError, Section
+from yolov2.cfg import CfgError, Section, stock_cfg
 from yolov2.checkpoint import (
     CHECKPOINT,
     EVAL,
@@ -394,6 +394,10 @@ class Trainer:
 
     def _loader(self):
         w, cuda = self.rt.workers, self.rt.device.type == "cuda"
+        if w:
+            import cv2
+
+            cv2.setNumThreads(1)  # before the fork: inside a forked worker it can deadlock
         return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=w,
                           worker_init_fn=worker_init if w else None, pin_memory=cuda,
                           persistent_workers=w > 0, prefetch_factor=4 if w else None)
@@ -586,8 +590,8 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
     eval_set (`2007:test`): afterwards, rank 0 measures the VOC07 mAP there (:func:`voc_map`, at the
     cfg's width) and writes `eval.json`.
     """
-    s = Settings(str(cfg), str(data), recipe, loader, [list(p) for p in sets] if sets else None, names,
-                 max_batches, batch, subdivisions, list(sizes) if sizes else None, learning_rate, seed,
+    s = Settings(str(cfg_path(cfg)), str(data), recipe, loader, [list(p) for p in sets] if sets else None,
+                 names, max_batches, batch, subdivisions, list(sizes) if sizes else None, learning_rate, seed,
                  weights=weights, pretrained=pretrained, partial=partial, clear=clear,
                  checkpoint_every=checkpoint_every, final_batches=final_batches)
     rt = init_runtime(device, workers, progress, amp)
@@ -604,6 +608,17 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
     finally:
         if rt.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def cfg_path(cfg: str | Path) -> Path:
+    """A cfg path, or the shipped cfg of that name (`yolov2-tiny-synth`), as `Darknet(cfg)` accepts."""
+    p = Path(cfg)
+    if p.exists() or p.parent != Path(".") or p.suffix not in ("", ".cfg"):
+        return p
+    try:
+        return stock_cfg(p.name)
+    except CfgError:
+        raise CfgError(f"{cfg}: cfg file not found (nor a shipped cfg of that name)") from None
 
 
 def voc_map(net, data: str | Path, image_set: str = "2007:test", names: list[str] | None = None,

@@ -193,10 +193,11 @@ class MultiScaleBatchSampler(Sampler):
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader worker setup: one thread each for OpenCV and torch (the workers are the parallelism)."""
-    import cv2
+    """DataLoader worker setup: one torch thread each (the workers are the parallelism).
 
-    cv2.setNumThreads(1)
+    OpenCV's thread count is set in the parent before the fork (see `make_loader`): calling
+    `cv2.setNumThreads` inside a forked worker can deadlock on a pool lock inherited from the parent.
+    """
     torch.set_num_threads(1)
 
 
@@ -204,6 +205,10 @@ def make_loader(
     dataset: DetectionDataset, sampler: MultiScaleBatchSampler, num_workers: int = 0
 ) -> DataLoader:
     """A DataLoader of (images (N, 3, S, S), truths (N, 30, 5), indices (N,)) batches."""
+    if num_workers:
+        import cv2
+
+        cv2.setNumThreads(1)  # inherited by the forked workers; the workers are the parallelism
     return DataLoader(
         dataset,
         batch_sampler=sampler,
