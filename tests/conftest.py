@@ -30,3 +30,22 @@ def shared():
 def _private_annotation_cache(monkeypatch, tmp_path_factory):
     """Keep the VOC annotation cache of every test inside pytest's temp dir, not in ~/.cache."""
     monkeypatch.setenv("YOLOV2_CACHE", str(tmp_path_factory.getbasetemp() / "yolov2-cache"))
+
+
+def narrow_cfg_with_tiny_schedule(directory: Path) -> Path:
+    """The narrow synthetic cfg's layers under yolov2-tiny-voc's `[net]` (rate .001, steps -1,100,...).
+
+    The shipped narrow cfg's `[net]` is the CPU demo's recipe (rate .02 after a 100-batch burn_in), which
+    barely moves a few-batch test run; the training tests assert darknet's stock tiny schedule instead.
+    """
+    from yolov2.cfg import stock_cfg
+
+    def split(text: str) -> tuple[str, str]:
+        head, _, rest = text.partition("[convolutional]")
+        return head, "[convolutional]" + rest
+
+    net, _ = split(stock_cfg("yolov2-tiny-voc").read_text())
+    _, layers = split(stock_cfg("yolov2-tiny-synth").read_text())
+    out = Path(directory) / "yolov2-tiny-synth.cfg"  # same stem: run files are named after it
+    out.write_text(net + layers)
+    return out

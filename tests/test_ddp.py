@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import narrow_cfg_with_tiny_schedule
 
 from yolov2.cfg import stock_cfg
 from yolov2.data.synth import make_synthetic_voc
@@ -35,8 +36,9 @@ def voc(tmp_path_factory) -> Path:
 
 
 def torchrun(voc: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+    cfg = narrow_cfg_with_tiny_schedule(out.parent)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "-m", "yolov2", "train", str(SYNTH), str(voc), "--out", str(out),
+           f"--master_port={free_port()}", "-m", "yolov2", "train", str(cfg), str(voc), "--out", str(out),
            "--device", "cpu", "--workers", "0", "--sizes", "64", "--no-progress", *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import narrow_cfg_with_tiny_schedule
 
 from yolov2.cfg import stock_cfg
 from yolov2.checkpoint import cfg_fingerprint
@@ -33,7 +34,8 @@ def voc(tmp_path_factory) -> Path:
 
 def trainer(voc: Path, out: Path, **kw) -> Trainer:
     out.mkdir(parents=True, exist_ok=True)
-    s = Settings(str(SYNTH), str(voc), batch=4, subdivisions=2, sizes=[64], seed=3, **kw)
+    cfg = narrow_cfg_with_tiny_schedule(out.parent)
+    s = Settings(str(cfg), str(voc), batch=4, subdivisions=2, sizes=[64], seed=3, **kw)
     return Trainer(s, Runtime(torch.device("cpu"), progress=False), out, resume=False)
 
 
