@@ -21,6 +21,7 @@ from yolov2.checkpoint import cfg_fingerprint
 from yolov2.data.synth import make_synthetic_voc
 from yolov2.model import Darknet
 from yolov2.train import Runtime, Settings, Trainer, TrainError, read_log, train
+from yolov2.train import main as train_main
 
 SYNTH = stock_cfg("yolov2-tiny-synth")
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,3 +128,32 @@ def test_cfg_fingerprint_recorded(voc, tmp_path):
     r = train(SYNTH, voc, tmp_path / "run", max_batches=1, **SMALL)
     ckpt = torch.load(r.checkpoint, weights_only=True)
     assert ckpt["fingerprint"] == cfg_fingerprint(SYNTH) and ckpt["seen"] == 4
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--sizes", "100"], "sizes must be positive multiples of 32"),
+    (["--sizes", "a-b"], "expected N, N,M,... or MIN-MAX"),
+    (["--sets", "2007"], "expected YEAR:SET"),
+    (["--pretrained", "x.weights"], "--pretrained and --partial go together"),
+    (["--weights", "{tmp}/missing.weights"], "missing.weights"),
+    (["--recipe", "sgd"], "invalid choice: 'sgd'"),
+])
+def test_bad_arguments_are_refused(voc, tmp_path, capsys, args, message):
+    args = [a.format(tmp=tmp_path) for a in args]
+    try:
+        code = train_main([str(SYNTH), str(voc), "--out", str(tmp_path / "run"), "--device", "cpu", *args])
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    assert code in (1, 2)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("cfg", "data", "message"), [
+    (SYNTH, "missing", "no such dataset directory"),
+    (stock_cfg("yolov2-tiny-voc"), "voc", "[region] classes=20, but the dataset has 5 class names"),
+    (SYNTH, "empty", "no VOC2007/ or VOC2012/ folder"),
+])
+def test_bad_data_is_refused(voc, tmp_path, capsys, cfg, data, message):
+    root = {"missing": tmp_path / "missing", "voc": voc, "empty": tmp_path}[data]
+    assert train_main([str(cfg), str(root), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 1
+    assert message in capsys.readouterr().err

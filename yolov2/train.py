@@ -337,14 +337,16 @@ class Trainer:
 
     def _dataset(self, s: Settings):
         root = Path(s.data)
-        classes = class_names(root, s.names)
-        if len(classes) != self.net.region.classes:
-            raise TrainError(f"{s.cfg}: [region] classes={self.net.region.classes}, but the dataset has "
-                             f"{len(classes)} class names ({s.names or root})")
+        if not root.is_dir():
+            raise TrainError(f"{root}: no such dataset directory (a VOC devkit root holding VOC2007/...)")
         sets = s.sets or [[y, n] for y, n in (("2007", "trainval"), ("2012", "trainval"))
                           if (root / f"VOC{y}").is_dir()]
         if not sets:
             raise TrainError(f"{root}: no VOC2007/ or VOC2012/ folder (is this a VOC devkit root?)")
+        classes = class_names(root, s.names)
+        if len(classes) != self.net.region.classes:
+            raise TrainError(f"{s.cfg}: [region] classes={self.net.region.classes}, but the dataset has "
+                             f"{len(classes)} class names ({s.names or root})")
         records = load_voc(root, [tuple(p) for p in sets], classes)
         opt = self.net.net_options
         aug = Augmenter(kind=s.loader or RECIPES[s.recipe]["loader"], jitter=self.net.region.jitter,
@@ -648,8 +650,8 @@ def evaluate_run(result: TrainResult, eval_set: str, device: torch.device) -> fl
     net = Darknet(s["cfg"])
     net.load_weights(result.weights)
     ev = voc_map(net, s["data"], eval_set, class_names(Path(s["data"]), s["names"]), device=device)
-    (result.out_dir / EVAL).write_text(json_dumps({"image_set": eval_set, "metric": "voc07",
-                                                          **ev.to_json()}))
+    summary = {"image_set": eval_set, "metric": "voc07", **ev.to_json()}
+    (result.out_dir / EVAL).write_text(json_dumps(summary))
     return ev.map
 
 
@@ -662,6 +664,16 @@ def class_names(root: Path, names: str | None = None) -> list[str]:
 # --------------------------------------------------------------------------- CLI
 
 
+def _arg(parse: Callable[[str], list]) -> Callable[[str], list]:
+    """An argparse `type` that shows the parser's own message for a bad value."""
+    def wrapped(text: str) -> list:
+        try:
+            return parse(text)
+        except TrainError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return wrapped
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m yolov2 train", description=__doc__.split("\n")[0],
                                 epilog="Several GPUs: torchrun --nproc_per_node=K -m yolov2 train ...")
@@ -671,13 +683,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=sorted(RECIPES), default="darknet")
     p.add_argument("--loader", choices=("detection", "region"),
                    help="augmentation: darknet's load_data_detection or the port's crop-jitter loader")
-    p.add_argument("--sets", type=parse_sets, help="image sets, default 2007:trainval,2012:trainval "
+    p.add_argument("--sets", type=_arg(parse_sets), help="image sets, default 2007:trainval,2012:trainval "
                    "(only those present)")
     p.add_argument("--names", help="class names file (default DATA/classes.names, else the 20 VOC classes)")
     p.add_argument("--max-batches", type=int, help="stop at this darknet batch number")
     p.add_argument("--batch", type=int, help="images per update (darknet's batch; per GPU for darknet)")
     p.add_argument("--subdivisions", type=int, help="forwards per update (gradient accumulation)")
-    p.add_argument("--sizes", type=parse_sizes, help="training sizes: 416, 256,288 or 320-608 "
+    p.add_argument("--sizes", type=_arg(parse_sizes), help="training sizes: 416, 256,288 or 320-608 "
                    "(default: 320-608 with [region] random=1, else the cfg's width)")
     p.add_argument("--lr", type=float, dest="learning_rate", help="base learning rate")
     p.add_argument("--seed", type=int, default=0)
