@@ -21,6 +21,14 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+def load_npz(path: Path) -> dict:
+    """Every array of an .npz file, loaded without pickle."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as d:
+        return {k: d[k] for k in d.files}
+
+
 @pytest.fixture
 def shared():
     return shared_path

@@ -11,7 +11,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, shared_path
+from conftest import FIXTURES, load_npz, shared_path
 
 from yolov2.data import augment as A
 from yolov2.image import F32, Scratch, crop_resize_image, distort_image, flip_image, place_image, to_float
@@ -21,13 +21,11 @@ TRUTH_TOL, PLACE_TOL, REGION_X_TOL = 1e-6, 1e-4, 5e-6
 
 
 def gold(rel: str) -> dict:
-    with np.load(shared_path("golden", "prepost", rel), allow_pickle=False) as d:
-        return {k: d[k] for k in d.files}
+    return load_npz(shared_path("golden", "prepost", rel))
 
 
 def fixture(name: str) -> dict:
-    with np.load(FIX / name, allow_pickle=False) as d:
-        return {k: d[k] for k in d.files}
+    return load_npz(FIX / name)
 
 
 def maxdiff(a: np.ndarray, b: np.ndarray) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FIXTURES, shared_path
+from conftest import FIXTURES, load_npz, shared_path
 
 from yolov2 import image as I
 
@@ -23,13 +23,11 @@ HSV_TOL, DISTORT_TOL, PLACE_TOL = 2e-6, 5e-6, 1e-4
 
 
 def gold(rel: str) -> dict:
-    with np.load(shared_path("golden", "prepost", rel), allow_pickle=False) as d:
-        return {k: d[k] for k in d.files}
+    return load_npz(shared_path("golden", "prepost", rel))
 
 
 def fixture(name: str) -> dict:
-    with np.load(FIX / name, allow_pickle=False) as d:
-        return {k: d[k] for k in d.files}
+    return load_npz(FIX / name)
 
 
 def source(case: dict) -> np.ndarray:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from yolov2.model import ACTIVATIONS, Convolutional, MaxPool, Reorg
+from yolov2.model import ACTIVATIONS, Convolutional, MaxPool, Reorg, check_input
 
 if TYPE_CHECKING:
     from yolov2.model import Darknet
@@ -215,11 +215,7 @@ class FusedDarknet(nn.Module):
     def _check(self, x: Tensor) -> None:
         if _exporting():
             return
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"expected a (N, {self.channels}, H, W) batch, got shape {tuple(x.shape)}")
-        if x.shape[2] % self.stride or x.shape[3] % self.stride:
-            raise ValueError(f"input height and width must be multiples of {self.stride}, "
-                             f"got {x.shape[2]}x{x.shape[3]}")
+        check_input(x, self.channels, self.stride)
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:

@@ -296,6 +296,15 @@ def _build(sections: list[Section], input_shape: Shape) -> tuple[list[Layer], li
     return layers, shapes
 
 
+def check_input(x: Tensor, channels: int, stride: int) -> None:
+    """Raise a clear error unless x is an (N, channels, H, W) batch with H and W multiples of stride."""
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"expected a (N, {channels}, H, W) batch, got shape {tuple(x.shape)}")
+    if x.shape[2] % stride or x.shape[3] % stride:
+        raise ValueError(f"input height and width must be multiples of {stride}, "
+                         f"got {x.shape[2]}x{x.shape[3]}")
+
+
 class Darknet(nn.Module):
     """A darknet YOLOv2 cfg as an `nn.Module`; `net.layers[i]` is darknet's layer i.
 
@@ -333,11 +342,7 @@ class Darknet(nn.Module):
     def _check_input(self, x: Tensor) -> None:
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"expected a (N, {self.channels}, H, W) batch, got shape {tuple(x.shape)}")
-        if x.shape[2] % self.stride or x.shape[3] % self.stride:
-            raise ValueError(f"input height and width must be multiples of {self.stride}, "
-                             f"got {x.shape[2]}x{x.shape[3]}")
+        check_input(x, self.channels, self.stride)
 
     def _run(self, x: Tensor, stop: int, keep_all: bool) -> dict[int, Tensor]:
         outputs = {-1: x}
