@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -96,7 +97,9 @@ def test_mismatched_tensors_are_refused(tmp_path, net):
 def test_fingerprint_is_about_layers(tmp_path):
     text = SYNTH.read_text()
     same = tmp_path / "same.cfg"
-    same.write_text("# a comment\n" + text.replace("learning_rate=0.001", "learning_rate=0.01"))
+    edited = re.sub(r"learning_rate=[0-9.]+", "learning_rate=0.5", text)  # [net] is not layers
+    assert edited != text
+    same.write_text("# a comment\n" + edited)
     other = tmp_path / "other.cfg"
     other.write_text(text.replace("filters=128", "filters=96", 1))
     assert cfg_fingerprint(same) == cfg_fingerprint(SYNTH)
