@@ -5,7 +5,7 @@ the figures carry across machines. The baseline is a straightforward loop over i
 (as the PyTorch port's `build_targets`), written here only; it is checked to give the same
 gradient before it is timed.
 
-    python benchmarks/bench_loss.py [--device cuda] [--threads 1] [--repeats 7]
+    python benchmarks/bench_loss.py [--device cuda] [--threads 1] [--repeats 15]
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    parser.add_argument("--repeats", type=int, default=3 if os.environ.get("YOLOV2_FAST") == "1" else 7)
+    parser.add_argument("--repeats", type=int, default=5 if os.environ.get("YOLOV2_FAST") == "1" else 15)
     args = parser.parse_args()
     dev = args.device
     torch.set_num_threads(args.threads)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from yolov2 import assign as assign_module
+from yolov2 import loss as loss_module
 from yolov2.assign import (
     IGNORED,
     NEGATIVE,
@@ -26,7 +27,7 @@ from yolov2.assign import (
     used_truths,
 )
 from yolov2.boxes import box_iou, box_iou_matrix, box_iou_outer
-from yolov2.loss import RegionLoss, pick_entries
+from yolov2.loss import RegionLoss
 from yolov2.region import split_entries
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -283,30 +284,14 @@ def test_trimming_unused_truth_rows_on_cpu_changes_nothing(monkeypatch):
     t[1, :1] = torch.tensor([(0.15, 0.8, 0.4, 0.5, 0.0)])
     trimmed = run(z, t, seen=0)
     monkeypatch.setattr(assign_module, "used_rows", lambda valid: valid.shape[1])
+    monkeypatch.setattr(loss_module, "used_rows", lambda valid: valid.shape[1])  # class rows too
     full = run(z, t, seen=0)
-    for field in dataclasses.fields(trimmed[3]):
-        got, want = getattr(trimmed[3], field.name), getattr(full[3], field.name)
-        torch.testing.assert_close(got, want, atol=0, rtol=0, msg=field.name)
+    names = [f.name for f in dataclasses.fields(trimmed[3]) if f.name != "params"]
+    for name in names + ["state", "iou", "class_target", "class_scale"]:
+        got, want = getattr(trimmed[3], name), getattr(full[3], name)
+        torch.testing.assert_close(got, want, atol=0, rtol=0, msg=name)
     torch.testing.assert_close(trimmed[1], full[1], atol=0, rtol=0)
-
-
-def test_pick_entries_backward_is_the_gradient_of_a_gather():
-    """The one-buffer backward equals autograd through plain slicing and indexing (float64)."""
-    z = torch.randn(2, A, 5 + C, H, W, dtype=torch.float64, requires_grad=True)
-    t = torch.zeros(2, 3, 5)
-    t[0, :2] = torch.tensor([TRUTH, (0.7, 0.3, 0.3, 0.2, 2.0)])  # row 2 unused: reads slot 0
-    a = RegionLoss(ANCHORS, C).explain(z.detach().reshape(2, -1, H, W).float(), t, 0)
-    e = pick_entries(z, a)
-    weights = [torch.randn_like(x) for x in e]
-    grad = torch.autograd.grad(sum((w * x).sum() for w, x in zip(weights, e, strict=True)), z)[0]
-    ref = torch.zeros_like(z)
-    ref[:, :, 0:2], ref[:, :, 2:4], ref[:, :, 4] = weights[0], weights[1], weights[2]
-    slot = a.slot.clamp(min=0)
-    for b, r in np.ndindex(*slot.shape):
-        n, cell = divmod(slot[b, r].item(), H * W)
-        ref[b, n, 5:, cell // W, cell % W] += weights[3][b, r]
-    torch.testing.assert_close(grad, ref)
-    torch.testing.assert_close(e.cls[0, 0], z[0, 1, 5:, 1, 2])
+    assert dict(trimmed[2]) == dict(full[2])  # the stats
 
 
 def test_float64_and_bfloat16_logits():
@@ -346,3 +331,33 @@ def test_one_loss_across_grid_sizes_equals_fresh_ones():
                 loss_fn(x, truth, 100).backward()
                 grads.append(x.grad)
             torch.testing.assert_close(grads[0], grads[1], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("seen", [0, 12800])
+def test_closed_form_gradient_is_the_gradient_of_the_written_loss(seen):
+    """The terms compute L and its gradient together; autograd through L as the loss module writes it
+    down (targets and scales of the Assignment held constant, float64) gives the same value and gradient."""
+    g = torch.Generator().manual_seed(11)
+    z0 = torch.randn(3, A, 5 + C, H, W, generator=g)
+    t = torch.zeros(3, 4, 5)
+    # the last two rows share a slot: the later one owns it
+    t[0, :3] = torch.tensor([TRUTH, (0.7, 0.3, 0.3, 0.2, 2.0), (0.71, 0.31, 0.25, 0.2, 0.0)])
+    t[2, :1] = torch.tensor([(0.15, 0.8, 0.4, 0.5, 0.0)])
+    logits = z0.reshape(3, -1, H, W).requires_grad_()
+    loss_fn = RegionLoss(ANCHORS, C)
+    loss = loss_fn(logits, t, seen)
+    (3 * loss).backward()  # the incoming gradient scales the closed form
+    a = loss_fn.explain(logits, t, seen)
+    assert a.overwritten[0].tolist() == [False, True, False, False]
+
+    z = z0.double().requires_grad_()
+    p = torch.cat((torch.sigmoid(z[:, :, 0:2]), z[:, :, 2:4]), 2)
+    written = 0.5 * (a.coord_scale.unsqueeze(2) * (a.coord_target - p).square()).sum()
+    written = written + 0.5 * (a.obj_scale * (a.obj_target - torch.sigmoid(z[:, :, 4])).square()).sum()
+    logp = torch.log_softmax(z[:, :, 5:], 2).gather(2, a.class_target.clamp(min=0).unsqueeze(2)).squeeze(2)
+    written = written - (a.class_scale * logp).sum()
+    written.backward()
+    torch.testing.assert_close(loss.double(), written.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(split_entries(logits.grad, A).double(), 3 * z.grad, rtol=1e-5, atol=1e-6)
+    elsewhere = ~a.positive.unsqueeze(2).expand(-1, -1, C, -1, -1)  # (N, A, C, H, W)
+    assert (split_entries(logits.grad, A)[:, :, 5:][elsewhere] == 0).all()  # no class delta off the positives

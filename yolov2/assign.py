@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from yolov2.boxes import box_iou_outer
-from yolov2.region import pred_box_parts, split_entries
+from yolov2.region import grid, split_entries
 
 NEGATIVE, IGNORED, POSITIVE = 0, 1, 2  # Assignment.state values
 MAX_TRUTHS = 30  # forward_region_layer hard-codes 30 (cfg `max` is parsed, not used)
@@ -67,6 +67,11 @@ class Assignment:
       positives, 0 where ignored, noobject_scale elsewhere.
     - class_target: int64 class of the owning truth, -1 elsewhere; class_scale: class_scale at
       positives, 0 elsewhere.
+
+    state, iou, class_target and class_scale are properties, computed from truth_index when read
+    (the loss does not need them as slot tensors).
+    - output: (N, A, 5, H, W) darknet's `l.output` of entries 0-4, `(σ(z_x), σ(z_y), z_w, z_h,
+      σ(z_obj))` in float32, σ rounded from double: what the deltas are computed from.
     - pred: (N, A, H, W, 4) the predicted boxes the IoUs use, normalised centre-size (a view of
       (N, 4, A, H, W) memory).
 
@@ -80,19 +85,17 @@ class Assignment:
     - truth_iou: IoU of its slot's prediction with it (darknet's Avg IOU term), 0 if not valid.
 
     prior_active: seen < 12800 (a bool, or a 0-d bool tensor when seen was a tensor).
+    params: the `[region]` numbers the rules used.
     """
 
-    state: Tensor
     truth_index: Tensor
     best_iou: Tensor
     ignore: Tensor
-    iou: Tensor
     coord_target: Tensor
     coord_scale: Tensor
     obj_target: Tensor
     obj_scale: Tensor
-    class_target: Tensor
-    class_scale: Tensor
+    output: Tensor
     pred: Tensor
     truth: Tensor
     valid: Tensor
@@ -103,16 +106,47 @@ class Assignment:
     overwritten: Tensor
     truth_iou: Tensor
     prior_active: bool | Tensor
+    params: RegionParams
 
     @property
     def positive(self) -> Tensor:
         """(N, A, H, W) bool, the slots a truth owns."""
-        return self.state == POSITIVE
+        return self.truth_index >= 0
 
     @property
     def ignored(self) -> Tensor:
         """(N, A, H, W) bool, slots without objectness gradient (best IoU > thresh, no truth)."""
-        return self.state == IGNORED
+        return self.ignore & (self.truth_index < 0)
+
+    @property
+    def state(self) -> Tensor:
+        """(N, A, H, W) int8: NEGATIVE, IGNORED or POSITIVE (a positive overrides the ignore rule)."""
+        state = self.ignore.to(torch.int8)  # IGNORED == 1, NEGATIVE == 0
+        return state.masked_fill_(self.positive, POSITIVE)
+
+    def _owner(self, per_truth: Tensor, empty: float) -> Tensor:
+        """A per-truth (N, T) value read at each slot's owner: (N, A, H, W), `empty` where no owner."""
+        n, t = per_truth.shape
+        owner = self.truth_index.flatten(1)  # (N, S)
+        if t == 0:
+            return torch.full_like(self.truth_index, empty, dtype=per_truth.dtype)
+        got = per_truth.gather(1, owner.clamp(min=0))
+        return torch.where(owner >= 0, got, empty).view(self.truth_index.shape).to(per_truth.dtype)
+
+    @property
+    def iou(self) -> Tensor:
+        """(N, A, H, W) IoU of a positive slot's prediction with its truth (the rescore target), else 0."""
+        return self._owner(self.truth_iou, 0.0)
+
+    @property
+    def class_target(self) -> Tensor:
+        """(N, A, H, W) int64 class of the owning truth, -1 elsewhere."""
+        return self._owner(self.truth[..., 4].long(), -1)
+
+    @property
+    def class_scale(self) -> Tensor:
+        """(N, A, H, W) class_scale at positives, 0 elsewhere."""
+        return torch.where(self.positive, self.params.class_scale, 0.0)
 
 
 def used_truths(truth: Tensor) -> tuple[Tensor, Tensor]:
@@ -137,19 +171,30 @@ def used_rows(valid: Tensor) -> int:
     return int(valid.sum(1).max())
 
 
-def decode_boxes(z: Tensor, anchors: Tensor) -> Tensor:
-    """Predicted boxes (N, A, H, W, 4) (a view), normalised centre-size, from logits z (N, A, 5+C, H, W).
+def decode_boxes(z: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
+    """Darknet's activated entries 0-4 and the predicted boxes, from logits z (N, A, 5+C, H, W).
 
-    Darknet evaluates σ and exp(z)·aw/W in double and rounds to float; here the whole box is
-    evaluated in double and rounded once (within an ulp of darknet's). No gradient.
+    Returns output (N, A, 5, H, W) `(σ(z_x), σ(z_y), z_w, z_h, σ(z_obj))`, darknet's `l.output`
+    of those entries (σ evaluated in double and rounded to float), and the boxes (N, A, H, W, 4)
+    (a view), normalised centre-size, with darknet's roundings (golden README, "Predicted
+    box"): x = (i + σ)/W and y = (j + σ)/H in float; w = exp(z)·aw/W and h evaluated in double
+    and rounded once. No gradient.
     """
     n, a, _, h, w = z.shape
-    xywh = z[:, :, 0:4].to(torch.float64, copy=True)  # (N, A, 4, H, W), a copy: σ goes on in place
-    xywh[:, :, 0:2].sigmoid_()
-    parts = pred_box_parts(xywh.view(n, a * 4, h, w), anchors.double())  # 4 x (N, A, H, W)
-    # part-major memory (N, 4, A, H, W): each part of every slot is contiguous for the IoU table,
-    # and no interleaving copy (a last-dim stack is the slowest step of a decode on CPU)
-    return torch.stack(parts, 1).float().permute(0, 2, 3, 4, 1)
+    t = z[:, :, 0:5].to(torch.float64, copy=True)  # (N, A, 5, H, W), a copy: the rest goes on in place
+    t[:, :, 0:2].sigmoid_()
+    t[:, :, 4].sigmoid_()
+    output = t.float()  # σ rounded to float; z_w, z_h come back bit for bit
+    t[:, :, 2:4].exp_().mul_(anchors.double().view(1, a, 2, 1, 1))
+    t[:, :, 2].div_(w)
+    t[:, :, 3].div_(h)
+    # part-major memory (N, 4, A, H, W): each part of every slot is contiguous for the IoU table
+    box = output.new_empty(n, 4, a, h, w)
+    box[:, 2:4].copy_(t[:, :, 2:4].transpose(1, 2))  # the one rounding of w, h
+    i, j = grid(h, w, z.device)
+    torch.add(output[:, :, 0], i, out=box[:, 0]).div_(w)
+    torch.add(output[:, :, 1], j, out=box[:, 1]).div_(h)
+    return output, box.permute(0, 2, 3, 4, 1)
 
 
 def ignore_rule(best_iou: Tensor, thresh: float) -> Tensor:
@@ -290,14 +335,18 @@ def coordinate_targets(truth: Tensor, cell_i: Tensor, cell_j: Tensor, best_ancho
     return torch.stack((tx, ty, tw, th), -1), coord_scale * (2 - bw * bh)
 
 
-def to_slots(owner: Tensor, values: Tensor) -> Tensor:
-    """Per-truth values (N, T, K) read at each slot's owner (N, S): (N, S, K), 0 where no owner."""
-    if values.shape[1] == 0:  # no truth rows: nothing to read
-        return values.new_zeros(*owner.shape, values.shape[2])
-    n, t, k = values.shape
-    rows = owner.clamp(min=0) + t * torch.arange(n, device=owner.device).unsqueeze(1)  # (N, S) into N*T
-    got = values.reshape(n * t, k).index_select(0, rows.flatten()).view(*owner.shape, k)
-    return got * (owner >= 0).unsqueeze(-1)
+def to_slots(base: Tensor, index: Tensor, values: Tensor, winner: Tensor) -> Tensor:
+    """A copy of base with each winning truth row's values written at its flat index.
+
+    base: any shape (an expanded view is fine); index: (..., N, T, ...) flat positions into
+    base; values: index's shape; winner: (N, T) bool broadcast to index, the rows that write
+    (valid and not overwritten, so no two writes meet and the result is the same on every
+    device). A scatter of at most T rows per image, instead of a read of every slot.
+    """
+    out = base.new_empty(base.numel() + 1)  # one spare element takes the rows that do not write
+    out[:-1].view(base.shape).copy_(base)
+    out.index_put_((torch.where(winner, index, base.numel()).flatten(),), values.flatten().to(out.dtype))
+    return out[:-1].view(base.shape)
 
 
 def assign(logits: Tensor, truth: Tensor, seen: int | Tensor, anchors: Tensor,
@@ -317,7 +366,7 @@ def assign(logits: Tensor, truth: Tensor, seen: int | Tensor, anchors: Tensor,
     with torch.no_grad():
         z = split_entries(logits.detach(), anchors.shape[0])  # (N, A, 5+C, H, W)
         n, a, _, h, w = z.shape
-        pred = decode_boxes(z, anchors)  # (N, A, H, W, 4)
+        output, pred = decode_boxes(z, anchors)  # (N, A, 5, H, W), (N, A, H, W, 4)
         truth, valid = used_truths(truth.to(logits.device))
         k = used_rows(valid)
         iou = slot_truth_iou(pred, truth[:, :k], valid[:, :k], workspace)  # (N, k, S), S = A*H*W
@@ -326,7 +375,6 @@ def assign(logits: Tensor, truth: Tensor, seen: int | Tensor, anchors: Tensor,
         obj_s, ignore = negatives(best, params.noobject_scale, params.thresh)  # (N, S)
         active = seen.to(z.device) < PRIOR_SEEN if isinstance(seen, Tensor) else bool(seen < PRIOR_SEEN)
         prior = prior_pull(anchors, h, w) if prior is None else prior  # (A, 4, H, W)
-        prior = prior.permute(0, 2, 3, 1).reshape(1, a * h * w, 4) * active  # (1, S, 4)
         # 2. every truth: cell, best anchor, then its targets overwrite the slot (later truth wins)
         cell_i, cell_j, best_n = match_truths(truth, valid, anchors, h, w,
                                               None if params.bias_match else pred)
@@ -341,28 +389,27 @@ def assign(logits: Tensor, truth: Tensor, seen: int | Tensor, anchors: Tensor,
         truth_iou[:, :k] = torch.where(valid[:, :k], iou.gather(2, slot[:, :k, None]).squeeze(2), 0.0)
         t_coord, t_scale = coordinate_targets(truth, cell_i, cell_j, best_n, anchors, h, w,
                                               params.coord_scale)
-        per_truth = torch.cat((t_coord, t_scale[..., None], rescore(truth_iou, params.rescore)[..., None],
-                               truth_iou[..., None], truth[..., 4:5]), -1)  # (N, T, 8)
-        got = to_slots(owner, per_truth)  # (N, S, 8), one gather for every per-slot target
-        positive = owner >= 0  # (N, S)
-        coord_t = torch.where(positive.unsqueeze(-1), got[..., 0:4], prior)  # (N, S, 4)
-        coord_s = torch.where(positive, got[..., 4], PRIOR_SCALE * active)
-        obj_t, slot_iou = got[..., 5], got[..., 6]  # 0 where not positive
-        obj_s = torch.where(positive, params.object_scale, obj_s)
-        cls = torch.where(positive, got[..., 7].long(), -1)
-        state = torch.where(positive, POSITIVE, torch.where(ignore, IGNORED, NEGATIVE))
+        # write each winning truth into its slot, over the slot rules' values (later truth wins)
+        win, at = valid & ~overwritten, slot + a * h * w * torch.arange(n, device=z.device)[:, None]  # (N, T)
+        entry = torch.arange(4, device=z.device) * (h * w)  # (4,) offsets of tx, ty, tw, th
+        at4 = (at // (h * w) * 4 * h * w + at % (h * w))[..., None] + entry  # (N, T, 4) into (N, A, 4, H, W)
+        coord_t = to_slots((prior * active).expand(n, a, 4, h, w), at4, t_coord,
+                           win.unsqueeze(-1))  # (N, A, 4, H, W)
+        # two (N, S) float fields in one scatter: coord scale, objectness target
+        zero = torch.zeros((), device=z.device)
+        base = torch.stack((zero + PRIOR_SCALE * active, zero)).view(2, 1, 1).expand(2, n, a * h * w)
+        values = torch.stack((t_scale, rescore(truth_iou, params.rescore)))  # (2, N, T)
+        at2 = at + n * a * h * w * torch.arange(2, device=z.device).view(2, 1, 1)  # (2, N, T)
+        coord_s, obj_t = to_slots(base, at2, values, win).unbind(0)  # 2 x (N, S)
+        obj_s = torch.where(owner >= 0, params.object_scale, obj_s)
 
         def slots(x: Tensor) -> Tensor:  # (N, S) -> (N, A, H, W)
             return x.view(n, a, h, w)
 
         return Assignment(
-            state=slots(state.to(torch.int8)), truth_index=slots(owner), best_iou=slots(best),
-            ignore=slots(ignore),
-            iou=slots(slot_iou),
-            coord_target=coord_t.view(n, a, h, w, 4).permute(0, 1, 4, 2, 3).contiguous(),
-            coord_scale=slots(coord_s), obj_target=slots(obj_t), obj_scale=slots(obj_s),
-            class_target=slots(cls), class_scale=slots(torch.where(positive, params.class_scale, 0.0)),
+            truth_index=slots(owner), best_iou=slots(best), ignore=slots(ignore), coord_target=coord_t,
+            coord_scale=slots(coord_s), obj_target=slots(obj_t), obj_scale=slots(obj_s), output=output,
             pred=pred, truth=truth, valid=valid, cell_i=cell_i, cell_j=cell_j, best_anchor=best_n,
             slot=torch.where(valid, slot, -1), overwritten=overwritten, truth_iou=truth_iou,
-            prior_active=active,
+            prior_active=active, params=params,
         )

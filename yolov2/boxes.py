@@ -44,9 +44,9 @@ def box_iou_outer(a: Tensor, b: Tensor, scratch: Tensor | None = None) -> Tensor
     the overlaps at 0 equals darknet's "0 if w < 0 or h < 0".
     """
     def edges(box: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # left, right, top, bottom
-        half = box[..., 2:] / 2
-        lo, hi = box[..., :2] - half, box[..., :2] + half
-        return lo[..., 0], hi[..., 0], lo[..., 1], hi[..., 1]
+        x, y, w, h = box.unbind(-1)  # one part at a time: fast whatever the memory order of the 4
+        half_w, half_h = w / 2, h / 2
+        return x - half_w, x + half_w, y - half_h, y + half_h
 
     # (..., 1, Q) goes first: CPU kernels vectorise a broadcast second operand several times faster
     def rows(x: Tensor) -> Tensor:  # (..., P) -> (..., P, 1)

@@ -12,18 +12,22 @@ that delta, with every target and scale a constant (the rules are in `yolov2.ass
 so `loss.backward()` leaves `logits.grad == -delta_logit` (darknet's delta after the logistic
 gradient of `backward_region_layer_gpu`). L is summed over the batch; darknet's update divides
 by batch·subdivisions, and so must the optimiser's learning rate.
+
+Each term computes its value and its gradient together, in closed form, from darknet's activated
+outputs (`Assignment.output`), in darknet's float operations: the gradient is darknet's delta
+written out (bit for bit on most entries of the golden cases), and `backward` only scales it by
+the incoming gradient. tests/test_loss_rules.py checks it against autograd through L as written.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from yolov2.assign import Assignment, RegionParams, Workspace, assign, prior_pull, used_truths
+from yolov2.assign import Assignment, RegionParams, Workspace, assign, prior_pull, used_rows, used_truths
 from yolov2.region import RegionConfig, split_entries
 
 STAT_KEYS = ("avg_iou", "class", "obj", "no_obj", "avg_recall", "count")
@@ -86,112 +90,136 @@ def check_inputs(logits: Tensor, truth: Tensor, num_anchors: int, num_classes: i
     t, valid = used_truths(truth.to(logits.device))
     x, y, w, h, c = t.unbind(-1)
     outside = "outside the grid: darknet's cell (int)({}) would index past it"
-    problems = {  # each a (N, T) mask of used rows that break a rule; NaN breaks every rule
+    rules = {  # each a (N, T) mask of the rows that keep a rule, for the message
         f"x outside (0, 1) (x == 0 ends the list; x >= 1 puts the cell {outside.format('x*W')})":
-            ~((x > 0) & (x < 1)),
-        f"y outside [0, 1) (y >= 1 puts the cell {outside.format('y*H')})": ~((y >= 0) & (y < 1)),
-        "w outside (0, 1]": ~((w > 0) & (w <= 1)),
-        "h outside (0, 1]": ~((h > 0) & (h <= 1)),
-        f"class not an integer in [0, {num_classes})": ~((c >= 0) & (c < num_classes) & (c == c.floor())),
+            lambda: (x > 0) & (x < 1),
+        f"y outside [0, 1) (y >= 1 puts the cell {outside.format('y*H')})": lambda: (y >= 0) & (y < 1),
+        "w outside (0, 1]": lambda: (w > 0) & (w <= 1),
+        "h outside (0, 1]": lambda: (h > 0) & (h <= 1),
+        f"class not an integer in [0, {num_classes})":
+            lambda: (c >= 0) & (c < num_classes) & (c == c.floor()),
     }
-    bad = torch.stack([m & valid for m in problems.values()]).flatten(1).any(1)  # (rules,)
-    finite = torch.isfinite(logits.sum())  # NaN and Inf propagate through a sum; one read
-    flags = torch.cat((bad, finite.view(1))).tolist()  # the one synchronisation
-    if not flags[-1] and not torch.isfinite(logits).all():  # (a finite sum can overflow: look again)
+    # all rules at once (a used row has x != 0, so x >= 0 is x > 0 there); NaN breaks every rule
+    xy, wh = t[..., 0:2], t[..., 2:4]
+    keep = (((xy >= 0) & (xy < 1) & (wh > 0) & (wh <= 1)).all(-1) & (c >= 0) & (c < num_classes)
+            & (c == c.floor())) | ~valid  # (N, T)
+    # NaN and Inf propagate through a sum: one read of the logits, and one synchronisation for both
+    truths_ok, finite = torch.stack((keep.all(), torch.isfinite(logits.sum()))).tolist()
+    if not finite and not torch.isfinite(logits).all():  # (a finite sum can overflow: look again)
         where = tuple(torch.nonzero(~torch.isfinite(logits))[0].tolist())
         raise ValueError(f"logits contain NaN or Inf (first at index {where})")
-    for (msg, mask), hit in zip(problems.items(), flags[:-1], strict=False):
-        if hit:
-            b, r = torch.nonzero(mask & valid)[0].tolist()
-            raise ValueError(f"truth[{b}, {r}] = {t[b, r].tolist()}: {msg}")
+    if not truths_ok:  # the first row that breaks a rule, and the first rule it breaks
+        b, r = torch.nonzero(~keep)[0].tolist()
+        msg = next(msg for msg, rule in rules.items() if not rule()[b, r])
+        raise ValueError(f"truth[{b}, {r}] = {t[b, r].tolist()}: {msg}")
 
 
-class Entries(NamedTuple):
-    """The logits the loss reads, split by :func:`pick_entries` (each its own tensor)."""
+def coord_term(a: Assignment, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """½·Σ s·(t − p)² over x, y, w, h of every slot, p = (σ(z_x), σ(z_y), z_w, z_h), and its gradient.
 
-    xy: Tensor  # (N, A, 2, H, W) tx, ty of every slot
-    wh: Tensor  # (N, A, 2, H, W) tw, th
-    obj: Tensor  # (N, A, H, W) objectness
-    cls: Tensor  # (N, T, C) class logits at each truth row's slot (slot 0 for unused rows)
-
-
-def coord_loss(e: Entries, a: Assignment) -> Tensor:
-    """Σ ½·s·(t − p)² over x, y, w, h of every slot, p = (σ(tx), σ(ty), tw, th)."""
-    p = torch.cat((torch.sigmoid(e.xy), e.wh), 2)  # (N, A, 4, H, W)
-    return 0.5 * (a.coord_scale.unsqueeze(2) * (a.coord_target - p).square()).sum()
-
-
-def obj_loss(e: Entries, a: Assignment) -> Tensor:
-    """Σ ½·s_obj·(t_obj − σ(z_obj))² over every slot."""
-    return 0.5 * (a.obj_scale * (a.obj_target - torch.sigmoid(e.obj)).square()).sum()
-
-
-def class_loss(e: Entries, a: Assignment) -> Tensor:
-    """Σ class_scale·(−log softmax(z_cls)[class]) over positive slots.
-
-    Each positive slot is owned by exactly one truth row (the last on it), so the sum runs over
-    the owning rows' class logits e.cls (N, T, C): a softmax over T·C logits, not over all
-    (N, A, C, H, W).
+    p is `a.output[:, :, 0:4]` (darknet's activated output); targets t and scales s from `a`
+    (constants). Returns the value (0-d) and ∂/∂(z_x, z_y, z_w, z_h), (N, A, 4, H, W), written
+    into `out` if given: −s·(t − σ)·σ(1 − σ) for x, y and −s·(t − z) for w, h. That is minus
+    darknet's `delta_region_box` times the logistic gradient.
     """
-    slot = a.slot.clamp(min=0)  # (N, T)
-    scale = a.class_scale.flatten(1).gather(1, slot) * (a.valid & ~a.overwritten)  # (N, T)
-    logp = torch.log_softmax(e.cls, dim=2)  # (N, T, C)
-    picked = logp.gather(2, a.truth[..., 4].long().clamp(min=0).unsqueeze(2)).squeeze(2)  # (N, T)
-    return -(scale * picked).sum()
+    d = a.coord_target - a.output[:, :, 0:4]  # (N, A, 4, H, W)
+    sd = a.coord_scale.unsqueeze(2) * d  # darknet's delta: s·(t − p)
+    value = 0.5 * torch.vdot(sd.flatten(), d.flatten())
+    sig = a.output[:, :, 0:2]
+    sd[:, :, 0:2].mul_(sig).mul_(1 - sig)  # through the logistic: (delta·y)·(1 − y), as darknet
+    return value, torch.neg(sd, out=out)
 
 
-class _PickEntries(torch.autograd.Function):
-    """Copies of entries 0-1, 2-3, 4 and gathered class logits, with ONE full-size gradient
-    buffer (slices and a gather would each allocate one and add them up: the bulk of a backward)."""
+def obj_term(a: Assignment, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """½·Σ s_obj·(t_obj − σ(z_obj))² over every slot, and its gradient.
+
+    σ(z_obj) is `a.output[:, :, 4]`. Returns the value (0-d) and ∂/∂z_obj = −s·(t − σ)·σ(1 − σ),
+    (N, A, H, W), written into `out` if given: minus darknet's objectness delta times the
+    logistic gradient.
+    """
+    sig = a.output[:, :, 4]
+    d = a.obj_target - sig
+    sd = a.obj_scale * d  # darknet's delta
+    value = 0.5 * torch.vdot(sd.flatten(), d.flatten())
+    return value, torch.neg(sd.mul_(sig).mul_(1 - sig), out=out)
+
+
+def class_term(cls: Tensor, a: Assignment) -> tuple[Tensor, Tensor, Tensor]:
+    """Σ class_scale·(−log softmax(z_cls)[class]) over positive slots, its gradient and the softmax.
+
+    cls: (N, R, C) the class logits at the slots of the first R truth rows (R <= T: rows past
+    R must be unused; slot 0 for unused rows). Each positive slot is owned by exactly one row
+    (the last on it), so the sum runs over the owning rows: a softmax over R·C logits, not over
+    all (N, A, C, H, W). Returns the value (0-d), ∂/∂cls = class_scale·(softmax − onehot) (minus
+    darknet's `delta_region_class`, 0 on rows that own no slot) and the softmax p, both (N, R, C).
+    """
+    r = cls.shape[1]
+    owns = a.valid[:, :r] & ~a.overwritten[:, :r]  # (N, R)
+    scale = a.params.class_scale * owns  # the class scale of the slot each owning row took
+    c = a.truth[:, :r, 4].long().clamp(min=0).unsqueeze(2)  # (N, R, 1)
+    logp = torch.log_softmax(cls, dim=2)  # (N, T, C)
+    value = -(scale * logp.gather(2, c).squeeze(2)).sum()
+    p = logp.exp()
+    grad = p.scatter_add(2, c, torch.full_like(c, -1, dtype=p.dtype)) * scale.unsqueeze(2)
+    return value, grad, p
+
+
+class _ClosedForm(torch.autograd.Function):
+    """L as an autograd node whose backward is its gradient, computed in closed form by the terms.
+
+    One full-size buffer: entries 0-4 of every slot, zeros, and the class rows added in (autograd
+    through slices and a gather would allocate one per piece and add them up).
+    """
 
     @staticmethod
-    def forward(ctx, z: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        ctx.save_for_backward(index)
-        ctx.shape = z.shape
-        cls = z.flatten(1).gather(1, index)
-        return z[:, :, 0:2].clone(), z[:, :, 2:4].clone(), z[:, :, 4].clone(), cls
+    def forward(ctx, logits: Tensor, value: Tensor, grad5: Tensor, grad_cls: Tensor,  # type: ignore[override]
+                index: Tensor) -> Tensor:
+        ctx.save_for_backward(grad5, grad_cls, index)
+        ctx.shape, ctx.dtype = logits.shape, logits.dtype
+        return value.clone()
 
     @staticmethod
-    def backward(ctx, g_xy: Tensor, g_wh: Tensor, g_obj: Tensor, g_cls: Tensor) -> tuple[Tensor, None]:
-        (index,) = ctx.saved_tensors
-        grad = g_xy.new_zeros(ctx.shape)  # (N, A, 5+C, H, W)
-        grad[:, :, 0:2], grad[:, :, 2:4], grad[:, :, 4] = g_xy, g_wh, g_obj
-        grad.flatten(1).scatter_add_(1, index, g_cls)  # rows that own no slot carry exact zeros
-        return grad, None
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None, None, None]:  # type: ignore[override]
+        grad5, grad_cls, index = ctx.saved_tensors
+        n, a, _, h, w = grad5.shape
+        grad = grad5.new_empty(n, a, ctx.shape[1] // a, h, w)  # (N, A, 5+C, H, W)
+        grad[:, :, 5:].zero_()
+        torch.mul(grad5, g, out=grad[:, :, 0:5])
+        grad.flatten(1).scatter_add_(1, index, (grad_cls * g).flatten(1))  # unowned rows add exact zeros
+        return grad.view(ctx.shape).to(ctx.dtype), None, None, None, None
 
 
-def pick_entries(z: Tensor, a: Assignment) -> Entries:
-    """Split logits z (N, A, 5+C, H, W) into the :class:`Entries` the loss reads."""
-    n, _, k, h, w = z.shape
-    classes = torch.arange(5, k, device=z.device)  # entries of the C classes
-    slot = a.slot.clamp(min=0)[..., None]  # (N, T, 1) = anchor*H*W + cell
-    index = (slot // (h * w) * k + classes) * (h * w) + slot % (h * w)  # (N, T, C) into z.flatten(1)
-    xy, wh, obj, cls = _PickEntries.apply(z, index.flatten(1))
-    return Entries(xy, wh, obj, cls.view(index.shape))
+def class_index(a: Assignment, num_classes: int, h: int, w: int, rows: int) -> Tensor:
+    """(N, R, C) positions in z.flatten(1) (z: (N, A, 5+C, H, W)) of the class logits at the
+    slots of the first R = rows truth rows; slot 0 for rows that are not valid."""
+    k = 5 + num_classes
+    slot = a.slot[:, :rows].clamp(min=0)[..., None]  # (N, R, 1) = anchor*H*W + cell
+    classes = torch.arange(5, k, device=slot.device)
+    return (slot // (h * w) * k + classes) * (h * w) + slot % (h * w)
 
 
-def region_stats(e: Entries, a: Assignment) -> RegionStats:
-    """Darknet's printed diagnostics from the picked logits and the assignment.
+def region_stats(obj: Tensor, prob: Tensor, a: Assignment) -> RegionStats:
+    """Darknet's printed diagnostics from σ(z_obj) (N, A, H, W), the class softmax at the slots
+    of the first R truth rows (N, R, C; rows past R unused) and the assignment.
 
     Every used truth counts, also one that a later truth overwrote: IoU and recall (IoU > .5)
     of its slot's prediction, that slot's objectness and probability of the truth's class.
     No Obj is the mean objectness of every slot of the batch.
     """
-    obj_logit, cls = e.obj.detach(), e.cls.detach()
-
     def compute() -> dict[str, Tensor]:
-        valid = a.valid.to(cls.dtype)  # (N, T)
-        obj = torch.sigmoid(obj_logit).flatten(1)  # (N, S)
-        prob = torch.softmax(cls, dim=2)  # (N, T, C)
-        cat = prob.gather(2, a.truth[..., 4].long().clamp(min=0).unsqueeze(2)).squeeze(2)  # (N, T)
+        r = prob.shape[1]
+        valid, iou = a.valid[:, :r].to(prob.dtype), a.truth_iou[:, :r]  # (N, R)
+        flat = obj.flatten(1)  # (N, S)
+        cat = prob.gather(2, a.truth[:, :r, 4].long().clamp(min=0).unsqueeze(2)).squeeze(2)  # (N, R)
         count = valid.sum()
         sums = {
-            "avg_iou": (a.truth_iou * valid).sum(), "class": (cat * valid).sum(),
-            "obj": (obj.gather(1, a.slot.clamp(min=0)) * valid).sum(),
-            "avg_recall": ((a.truth_iou > 0.5) * valid).sum(),
+            "avg_iou": (iou * valid).sum(), "class": (cat * valid).sum(),
+            "obj": (flat.gather(1, a.slot[:, :r].clamp(min=0)) * valid).sum(),
+            "avg_recall": ((iou > 0.5) * valid).sum(),
         }
         stats = {k: v / count for k, v in sums.items()}
-        return {**stats, "no_obj": obj.mean(), "count": count.long()}
+        return {**stats, "no_obj": flat.mean(), "count": count.long()}
 
     return RegionStats(compute)
 
@@ -200,7 +228,8 @@ class RegionLoss(nn.Module):
     """Darknet's region-layer loss (YOLOv2), equal to darknet's delta rule by rule.
 
     anchors: (A, 2) `(w, h)` in grid cells. Called as `loss_fn(logits, truth, seen)`:
-    logits (N, A*(5+C), H, W) raw head output (float16/bfloat16 are computed in float32);
+    logits (N, A*(5+C), H, W) raw head output (any float dtype; computed in float32 as darknet,
+    the gradient returned in the logits' dtype);
     truth (N, T, 5) normalised centre-size rows `(x, y, w, h, class)` on the logits' device,
     a row with x == 0 ends an image's list, at most 30 rows used; seen: images seen including
     this batch (darknet's `*net.seen`), an int or a 0-d tensor on the device. Returns the loss
@@ -256,12 +285,24 @@ class RegionLoss(nn.Module):
         return self._prior[1]
 
     def forward(self, logits: Tensor, truth: Tensor, seen: int | Tensor) -> Tensor:
-        """The loss L (module docstring), a 0-d tensor summed over the batch."""
+        """The loss L (module docstring), a 0-d tensor summed over the batch.
+
+        The value and its gradient are computed together (:func:`coord_term`, :func:`obj_term`,
+        :func:`class_term`); `backward` hands the gradient on, scaled by the incoming one.
+        """
         a = self.explain(logits, truth, seen)
-        z = split_entries(logits if logits.dtype == torch.float64 else logits.float(), self.anchors.shape[0])
-        e = pick_entries(z, a)
-        self.stats = region_stats(e, a)
-        return coord_loss(e, a) + obj_loss(e, a) + class_loss(e, a)
+        with torch.no_grad():
+            z = split_entries(logits.detach(), self.anchors.shape[0]).float()  # (N, A, 5+C, H, W)
+            n, _, k, h, w = z.shape
+            # the class logits of the truth rows any image uses (on CUDA all rows: no sync)
+            index = class_index(a, k - 5, h, w, used_rows(a.valid)).flatten(1)  # (N, R*C)
+            cls = z.flatten(1).gather(1, index).view(n, -1, k - 5)  # (N, R, C)
+            grad5 = z.new_empty(n, self.anchors.shape[0], 5, h, w)  # ∂L/∂ entries 0-4
+            coord, _ = coord_term(a, out=grad5[:, :, 0:4])
+            obj, _ = obj_term(a, out=grad5[:, :, 4])
+            klass, g_cls, prob = class_term(cls, a)
+        self.stats = region_stats(a.output[:, :, 4], prob, a)
+        return _ClosedForm.apply(logits, coord + obj + klass, grad5, g_cls, index)
 
     def extra_repr(self) -> str:
         return f"anchors={self.anchors.tolist()}, num_classes={self.num_classes}, {self.params}"
