@@ -157,9 +157,9 @@ def class_term(cls: Tensor, a: Assignment) -> tuple[Tensor, Tensor, Tensor]:
     owns = a.valid[:, :r] & ~a.overwritten[:, :r]  # (N, R)
     scale = a.params.class_scale * owns  # the class scale of the slot each owning row took
     c = a.truth[:, :r, 4].long().clamp(min=0).unsqueeze(2)  # (N, R, 1)
-    logp = torch.log_softmax(cls, dim=2)  # (N, T, C)
+    logp = torch.log_softmax(cls, dim=2)  # (N, R, C)
     value = -(scale * logp.gather(2, c).squeeze(2)).sum()
-    p = logp.exp()
+    p = torch.softmax(cls, dim=2)  # closer to darknet's float softmax than logp.exp()
     grad = p.scatter_add(2, c, torch.full_like(c, -1, dtype=p.dtype)) * scale.unsqueeze(2)
     return value, grad, p
 
