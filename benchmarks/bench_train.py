@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from yolov2.cfg import stock_cfg
+from yolov2.data.labels import write_class_names
 from yolov2.data.synth import SYNTH_CLASSES, make_synthetic_voc
-from yolov2.data.voc import write_class_names
 from yolov2.train import Runtime, Settings, Trainer
 
 

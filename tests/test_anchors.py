@@ -9,7 +9,7 @@ import torch
 from yolov2 import anchors
 from yolov2.boxes import box_iou
 from yolov2.cfg import parse_cfg, stock_cfg
-from yolov2.data import synth, voc
+from yolov2.data import labels, synth, voc
 
 
 @pytest.fixture(autouse=True)
@@ -130,7 +130,7 @@ def test_synth_cfg_anchors_fit_the_synthetic_boxes():
     for i in range(200):  # the first 200 training images of `synth --seed 0`, without JPEG
         bgr, objects = synth.render_image(np.random.default_rng((0, 0, i)))
         annotation = voc.Annotation(f"{i:06d}.jpg", bgr.shape[1], bgr.shape[0], objects)
-        rows.append(voc.darknet_label_rows(annotation, synth.SYNTH_CLASSES))
+        rows.append(labels.darknet_label_rows(annotation, synth.SYNTH_CLASSES))
     wh = np.concatenate(rows)[:, 3:5]
     ours = anchors.mean_iou(wh, cfg_anchors("yolov2-tiny-synth"))
     assert ours > anchors.mean_iou(wh, anchors.iou_kmeans(wh, 5)) - 0.01

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from yolov2.data import synth, voc
+from yolov2.data import labels, synth, voc
 from yolov2.data.augment import Augmenter
 from yolov2.data.dataset import (
     MULTISCALE_SIZES,
@@ -34,7 +34,7 @@ def augmenter():
 
 
 def expected_truth(record, mapping=lambda x, y, w, h: (x, y, w, h)):
-    rows = voc.darknet_label_rows(record.annotation, synth.SYNTH_CLASSES)
+    rows = labels.darknet_label_rows(record.annotation, synth.SYNTH_CLASSES)
     truth = np.zeros((30, 5), np.float32)
     for t, (cls, *box) in enumerate(rows):
         truth[t] = (*mapping(*box), cls)

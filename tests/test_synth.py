@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from yolov2.data import synth, voc
+from yolov2.data import labels, synth, voc
 
 
 def files(root):
@@ -24,7 +24,7 @@ def devkit(tmp_path_factory):
 
 
 def test_devkit_layout_reads_as_voc(devkit):
-    assert voc.read_class_names(devkit / "classes.names") == list(synth.SYNTH_CLASSES)
+    assert labels.read_class_names(devkit / "classes.names") == list(synth.SYNTH_CLASSES)
     main = devkit / "VOC2007/ImageSets/Main"
     assert (main / "trainval.txt").read_text() == (main / "train.txt").read_text()
     train = voc.load_voc(devkit, [("2007", "train")], synth.SYNTH_CLASSES, cache=False)

@@ -1,4 +1,4 @@
-"""VOC reader, darknet labels, YOLO text labels and class lists, on small devkits made in tmp_path."""
+"""voc.py (VOC reader) and labels.py (YOLO text labels, class lists), on small devkits made in tmp_path."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from yolov2.data import voc
+from yolov2.data import labels, voc
 from yolov2.data.voc import DatasetError
 
 OBJ = "<object><name>{name}</name>{extra}<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"  # noqa: E501
@@ -71,7 +71,7 @@ def test_boxes_touching_the_border_are_valid(tmp_path, x0, y0, x1, y1):
 def test_image_without_objects_is_valid(tmp_path):
     ann = voc.parse_annotation(write(tmp_path, xml_text(objects=[])))
     assert ann.objects == []
-    assert voc.darknet_label_rows(ann, voc.VOC_CLASSES).shape == (0, 5)
+    assert labels.darknet_label_rows(ann, voc.VOC_CLASSES).shape == (0, 5)
 
 
 @pytest.mark.parametrize(
@@ -206,7 +206,7 @@ def test_darknet_label_rows_by_hand(tmp_path):
     text = xml_text(
         objects=[obj("dog"), obj("person", 8, 12, 352, 498, difficult=1), obj("cat", 1, 1, 353, 500)]
     )
-    rows = voc.darknet_label_rows(voc.parse_annotation(write(tmp_path, text)), voc.VOC_CLASSES)
+    rows = labels.darknet_label_rows(voc.parse_annotation(write(tmp_path, text)), voc.VOC_CLASSES)
     expected = [
         [11, 120.5 / 353, 304.5 / 500, 147 / 353, 131 / 500],  # dog: (48+195)/2-1, (240+371)/2-1
         [7, 176 / 353, 249.5 / 500, 352 / 353, 499 / 500],  # cat filling the image
@@ -217,14 +217,14 @@ def test_darknet_label_rows_by_hand(tmp_path):
 def test_write_and_read_darknet_labels(tmp_path):
     make_devkit(tmp_path, "2007", {"000001": xml_text(objects=[obj(), obj("cat", 10, 20, 30, 40)])})
     records = voc.load_voc(tmp_path, [("2007", "trainval")], cache=False)
-    (path,) = voc.write_darknet_labels(records, voc.VOC_CLASSES)
+    (path,) = labels.write_darknet_labels(records, voc.VOC_CLASSES)
     assert path == tmp_path / "VOC2007/labels/000001.txt"
     assert path.read_text().splitlines()[0].split()[0] == "11"
     np.testing.assert_array_equal(
-        voc.read_yolo_labels(path, 20), voc.record_labels(records[0], voc.VOC_CLASSES)
+        labels.read_yolo_labels(path, 20), labels.record_labels(records[0], voc.VOC_CLASSES)
     )
-    (rec,) = voc.load_darknet_list(_list_file(tmp_path, records), 20)
-    np.testing.assert_array_equal(rec.labels, voc.read_yolo_labels(path))
+    (rec,) = labels.load_darknet_list(_list_file(tmp_path, records), 20)
+    np.testing.assert_array_equal(rec.labels, labels.read_yolo_labels(path))
 
 
 def _list_file(tmp_path: Path, records) -> Path:
@@ -250,25 +250,25 @@ def test_bad_yolo_label_lines_name_file_and_line(tmp_path, line, message):
     p = tmp_path / "l.txt"
     p.write_text(f"3 0.5 0.5 0.1 0.1\n\n{line}\n")
     with pytest.raises(DatasetError, match=message) as e:
-        voc.read_yolo_labels(p, num_classes=20)
+        labels.read_yolo_labels(p, num_classes=20)
     assert f"{p}:3:" in str(e.value)
 
 
 def test_label_path_follows_darknet():
-    assert voc.label_path("/d/VOC2007/JPEGImages/000001.jpg") == Path("/d/VOC2007/labels/000001.txt")
-    assert voc.label_path("/d/coco/images/train/a.png") == Path("/d/coco/labels/train/a.txt")
+    assert labels.label_path("/d/VOC2007/JPEGImages/000001.jpg") == Path("/d/VOC2007/labels/000001.txt")
+    assert labels.label_path("/d/coco/images/train/a.png") == Path("/d/coco/labels/train/a.txt")
 
 
 def test_class_names(tmp_path):
     p = tmp_path / "voc.names"
-    voc.write_class_names(p, voc.VOC_CLASSES)
-    assert tuple(voc.read_class_names(p)) == voc.VOC_CLASSES
+    labels.write_class_names(p, voc.VOC_CLASSES)
+    assert tuple(labels.read_class_names(p)) == voc.VOC_CLASSES
     for text, message in [("a\nb\na\n", "duplicate class names"), ("\n\n", "no class names")]:
         p.write_text(text)
         with pytest.raises(DatasetError, match=message):
-            voc.read_class_names(p)
+            labels.read_class_names(p)
     with pytest.raises(DatasetError, match="cannot read class names"):
-        voc.read_class_names(tmp_path / "absent.names")
+        labels.read_class_names(tmp_path / "absent.names")
 
 
 def test_voc2007_test_ground_truth_counts(shared):

@@ -127,7 +127,8 @@ def dataset_wh(
     root: str | Path, sets: list[tuple[str, str]], classes: list[str] | tuple[str, ...]
 ) -> np.ndarray:
     """(N, 2) normalised (w, h) of the non-difficult boxes darknet trains on (voc_label.py's sizes)."""
-    from yolov2.data.voc import load_voc, record_labels
+    from yolov2.data.labels import record_labels
+    from yolov2.data.voc import load_voc
 
     records = load_voc(root, sets, classes, require_images=False)
     rows = [record_labels(r, classes) for r in records]
@@ -142,7 +143,8 @@ def _default_sets(root: Path) -> list[tuple[str, str]]:
 
 
 def main(argv: list[str]) -> int:
-    from yolov2.data.voc import VOC_CLASSES, DatasetError, read_class_names
+    from yolov2.data.labels import read_class_names
+    from yolov2.data.voc import VOC_CLASSES, DatasetError
 
     p = argparse.ArgumentParser(prog="python -m yolov2 anchors", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="VOC devkit root (holding VOC2007/...) or a synth dir")

@@ -203,7 +203,8 @@ def map_by_precision(cfg: str | Path, weights: str | Path, voc_root: str | Path,
     voc_root: a devkit folder (`VOC{year}/...`), e.g. `python -m yolov2 synth`'s; class names from
     `voc_root/classes.names` when present, else VOC's. limit: only the first `limit` images of the set.
     """
-    from yolov2.data.voc import VOC_CLASSES, read_class_names
+    from yolov2.data.labels import read_class_names
+    from yolov2.data.voc import VOC_CLASSES
     from yolov2.detect import Detector
     from yolov2.evaluate import evaluate_detections, load_annotations
     from yolov2.image import read_image

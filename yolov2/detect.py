@@ -26,7 +26,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from yolov2.cfg import CfgError
-from yolov2.data.voc import VOC_CLASSES, DatasetError, read_class_names, read_image_set
+from yolov2.data.labels import read_class_names
+from yolov2.data.voc import VOC_CLASSES, DatasetError, read_image_set
 from yolov2.evaluate import RESULT_PREFIX
 from yolov2.image import ImageError, letterbox_image, read_image, resize_image
 from yolov2.model import Darknet

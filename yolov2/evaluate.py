@@ -28,14 +28,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from yolov2.data.voc import (
-    VOC_CLASSES,
-    Annotation,
-    DatasetError,
-    parse_annotation,
-    read_class_names,
-    read_image_set,
-)
+from yolov2.data.labels import read_class_names
+from yolov2.data.voc import VOC_CLASSES, Annotation, DatasetError, parse_annotation, read_image_set
 
 METRICS = ("voc07", "voc10")
 TIES = ("reference", "stable")

@@ -27,7 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from yolov2.data.voc import VOCObject, write_class_names
+from yolov2.data.labels import write_class_names
+from yolov2.data.voc import VOCObject
 
 SYNTH_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "hbar", "vbar")
 # width/height aspect range per class: circle 1:1, square ~1:1, triangle a little wide, bars 3:1 / 1:3
