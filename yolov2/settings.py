@@ -1,0 +1,176 @@
+"""What a training run trains: the recipes, the run's `Settings`, and how the unset ones are resolved.
+
+Reference: darknet examples/detector.c (`train_detector`: the cfg's `[net]` batch, subdivisions,
+learning_rate and max_batches; `learning_rate *= ngpus` for `-gpus`), src/parser.c
+(`parse_net_options`: `batch /= subdivisions` is undone here, batch is the full batch).
+
+Recipes (:data:`RECIPES`):
+* `darknet`: the cfg's `[net]`, :func:`yolov2.schedule.darknet_sgd`, darknet's loader. On K ranks each
+  runs the full cfg batch and the rate is multiplied by K, as darknet's `-gpus` does
+  (`learning_rate *= ngpus`; `sync_nets` counts every GPU's images in seen, so batch_num advances by K).
+* `adam`: the PyTorch port's: Adam 1e-4, no decay, batch 32 split over the ranks, 280 epochs, rate
+  x0.1 at epochs 200 and 250 (at 200/280 and 250/280 of `max_batches`), the crop-jitter loader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from yolov2.cfg import CfgError, Section, stock_cfg
+from yolov2.data.labels import read_class_names
+from yolov2.data.voc import VOC_CLASSES
+from yolov2.schedule import Schedule
+
+RECIPES = {
+    "darknet": {"loader": "detection", "optimizer": "sgd", "split_batch": False},
+    "adam": {"loader": "region", "optimizer": "adam", "split_batch": True, "batch": 32, "subdivisions": 1,
+             "learning_rate": 1e-4, "epochs": 280, "step_epochs": (200, 250), "scales": (0.1, 0.1)},
+}
+
+
+class TrainError(RuntimeError):
+    """A training run that cannot start or continue; the message says why and what to do."""
+
+
+@dataclass
+class Settings:
+    """What a run trains: the checkpoint stores these, and `--resume` reuses them.
+
+    None means "resolve from the cfg / recipe" (:func:`resolve`). sizes: square training sizes
+    (multi-scale when several); sets: VOC `(year, image_set)` pairs; every: iterations per size;
+    final_batches: darknet trains its last 200 batches at the largest size (0: no such phase).
+    """
+
+    cfg: str
+    data: str
+    recipe: str = "darknet"
+    loader: str | None = None
+    sets: list | None = None
+    names: str | None = None
+    max_batches: int | None = None
+    batch: int | None = None
+    subdivisions: int | None = None
+    sizes: list | None = None
+    learning_rate: float | None = None
+    seed: int = 0
+    every: int = 10
+    weights: str | None = None
+    pretrained: str | None = None
+    partial: int | None = None
+    clear: bool = False
+    checkpoint_every: int = 100
+    final_batches: int = 200
+
+
+@dataclass
+class TrainResult:
+    """Where a finished run left its files, and what it did."""
+
+    out_dir: Path
+    weights: Path  # darknet .weights of the final model
+    checkpoint: Path
+    log: Path
+    plot: Path | None
+    seen: int
+    batches: int  # darknet batch_num at the end
+    elapsed: float  # seconds of this process's training (a resumed run counts its part only)
+    images_per_s: float
+    map: float | None = None  # VOC07 mAP on the --eval image set, when one was given
+
+
+def training_batch(net: Section) -> tuple[int, int]:
+    """(batch, subdivisions) for training: `[net]`'s, or, in a testing cfg (batch=1), the values its
+    `# Training` comments give (darknet's stock cfgs: `# batch=64`, `# subdivisions=2`), else 64, 1."""
+    batch, subdivisions = net.get_int("batch", 1), net.get_int("subdivisions", 1)
+    if batch > 1:
+        return batch, subdivisions
+    found = {"batch": 64, "subdivisions": 1}
+    try:
+        lines = Path(net.path).read_text().splitlines()[net.line:]
+    except OSError:
+        return found["batch"], found["subdivisions"]
+    for line in lines:
+        if line.strip().startswith("["):
+            break
+        m = re.match(r"\s*#\s*(batch|subdivisions)\s*=\s*(\d+)\s*$", line)
+        if m:
+            found[m.group(1)] = int(m.group(2))
+    return found["batch"], found["subdivisions"]
+
+
+def parse_sizes(text: str) -> list[int]:
+    """`416`, `256,288,320` or a range `320-608` (step 32) -> sizes, each a multiple of 32."""
+    try:
+        if "-" in text:
+            lo, hi = (int(v) for v in text.split("-"))
+            sizes = list(range(lo, hi + 1, 32))
+        else:
+            sizes = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise TrainError(f"--sizes '{text}': expected N, N,M,... or MIN-MAX") from None
+    if not sizes or any(s <= 0 or s % 32 for s in sizes):
+        raise TrainError(f"--sizes '{text}': sizes must be positive multiples of 32")
+    return sizes
+
+
+def parse_sets(text: str) -> list[list[str]]:
+    """`2007:trainval,2012:trainval` -> [[year, image_set], ...]."""
+    out = [p.split(":") for p in text.split(",") if p]
+    if not out or any(len(p) != 2 or not all(p) for p in out):
+        raise TrainError(f"--sets '{text}': expected YEAR:SET[,YEAR:SET...], e.g. 2007:trainval")
+    return out
+
+
+def resolve(s: Settings, net, n_images: int, world: int) -> Settings:
+    """Fill every None of `s` from the recipe, the cfg's [net]/[region] and the dataset size."""
+    if s.recipe not in RECIPES:
+        raise TrainError(f"unknown recipe '{s.recipe}' (choose from {', '.join(RECIPES)})")
+    r = RECIPES[s.recipe]
+    batch, subdivisions = training_batch(net.net_options)
+    batch = s.batch or r.get("batch", batch)
+    subdivisions = s.subdivisions or (r.get("subdivisions", subdivisions) if not s.batch else 1)
+    per_rank = batch // world if r["split_batch"] else batch
+    if batch < 1 or per_rank * (world if r["split_batch"] else 1) != batch or per_rank % subdivisions:
+        raise TrainError(f"batch {batch} does not split into {world} rank(s) x {subdivisions} subdivisions")
+    if r["optimizer"] == "adam":
+        default_max = r["epochs"] * max(1, n_images // (per_rank * world))  # 280 epochs
+    else:
+        default_max = net.net_options.get_int("max_batches", 0)
+    max_batches = s.max_batches or default_max
+    if max_batches < 1:
+        raise TrainError(f"{s.cfg}: max_batches is 0; give it in [net] or with --max-batches")
+    sizes = s.sizes or (list(range(320, 609, 32)) if net.region.random else [net.width])
+    return dataclasses.replace(
+        s, loader=s.loader or r["loader"], batch=batch, subdivisions=subdivisions, max_batches=max_batches,
+        sizes=[int(v) for v in sizes],
+        learning_rate=s.learning_rate or r.get("learning_rate") or net.net_options.get_float("learning_rate",
+                                                                                             0.001))
+
+
+def make_schedule(s: Settings, net) -> Schedule:
+    """The learning-rate schedule: the cfg's policy (darknet), or Adam's two steps."""
+    if s.recipe == "adam":
+        r = RECIPES["adam"]
+        steps = tuple(round(s.max_batches * e / r["epochs"]) for e in r["step_epochs"])
+        return Schedule(s.learning_rate, "steps", steps=steps, scales=r["scales"], max_batches=s.max_batches)
+    return Schedule.from_net(net.net_options, max_batches=s.max_batches, learning_rate=s.learning_rate)
+
+
+def cfg_path(cfg: str | Path) -> Path:
+    """A cfg path, or the shipped cfg of that name (`yolov2-tiny-synth`), as `Darknet(cfg)` accepts."""
+    p = Path(cfg)
+    if p.exists() or p.parent != Path(".") or p.suffix not in ("", ".cfg"):
+        return p
+    try:
+        return stock_cfg(p.name)
+    except CfgError:
+        raise CfgError(f"{cfg}: cfg file not found (nor a shipped cfg of that name)") from None
+
+
+def class_names(root: Path, names: str | None = None) -> list[str]:
+    """The class list: `names`, else `root/classes.names`, else the 20 VOC classes."""
+    names = names or (str(root / "classes.names") if (root / "classes.names").is_file() else None)
+    return read_class_names(names) if names else list(VOC_CLASSES)

@@ -1,0 +1,337 @@
+"""The training loop: darknet's `train_detector` iterations, on one device or on several with DDP.
+
+Reference: darknet examples/detector.c (`train_detector`), src/network.c (`train_network_datum`,
+`update_network`, `train_networks` and `sync_nets` for `-gpus`).
+
+One *iteration* is darknet's: `subdivisions` forwards of batch/subdivisions images, their gradients
+accumulated, then one update. Before each forward `seen` grows by that forward's images on every
+rank (darknet: `*net->seen += net->batch` before `forward_network`) and the loss gets that value, so
+the `seen < 12800` prior switches off where darknet's does. batch_num = seen // batch drives the
+rate and the stop at `max_batches`. The run's settings and recipes: :mod:`yolov2.settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from yolov2.checkpoint import (
+    CHECKPOINT,
+    LOG,
+    PLOT,
+    SETTINGS,
+    atomic_save,
+    cfg_fingerprint,
+    load_checkpoint,
+    make_checkpoint,
+    open_log,
+    plot_log,
+    read_log,
+    set_rng_state,
+)
+from yolov2.data.augment import Augmenter
+from yolov2.data.dataset import DetectionDataset, MultiScaleBatchSampler, collate, worker_init
+from yolov2.data.voc import load_voc
+from yolov2.loss import RegionLoss
+from yolov2.model import Darknet
+from yolov2.runtime import Runtime, all_sum, autocast, now, seed_everything
+from yolov2.schedule import Schedule, darknet_sgd, set_rate
+from yolov2.settings import RECIPES, Settings, TrainError, TrainResult, class_names, make_schedule, resolve
+
+
+class DarknetSizes(MultiScaleBatchSampler):
+    """The multi-scale sampler plus darknet's last phase: at a resize where `final(minibatch)` holds
+    (darknet: batch_num + 200 > max_batches), the largest size (608) instead of a random one."""
+
+    def __init__(self, *args, final: Callable[[int], bool] | None = None, **kw) -> None:
+        self.final = final
+        super().__init__(*args, **kw)
+
+    def size_of(self, epoch: int, batch: int) -> int:
+        g = epoch * self.batches_per_epoch + batch  # minibatches since the run started
+        if self.sizes is not None and self.final is not None and self.final(g - g % self.every):
+            return max(self.sizes)
+        return super().size_of(epoch, batch)
+
+
+LOG_FIELDS = ("step", "batch", "seen", "epoch", "size", "lr", "loss", "avg_loss", "avg_iou", "class", "obj",
+              "no_obj", "avg_recall", "count", "images_per_s", "time")
+
+
+def stats_vector(loss: torch.Tensor, stats) -> torch.Tensor:
+    """(7,) sums that add over forwards and ranks: loss, iou·n, class·n, obj·n, recall·n, no_obj, n."""
+    t = stats.tensors
+    n = t["count"].to(loss.dtype)
+    per = [torch.nan_to_num(t[k].to(loss.dtype)) * n for k in ("avg_iou", "class", "obj", "avg_recall")]
+    return torch.stack([loss, *per, t["no_obj"].to(loss.dtype), n])
+
+
+class Trainer:
+    """One run: model, optimizer, schedule, data order and the counters darknet keeps (seen, batch_num)."""
+
+    def __init__(self, s: Settings, rt: Runtime, out: Path, resume: bool):
+        self.rt, self.out = rt, out
+        self.fingerprint = cfg_fingerprint(s.cfg)
+        seed_everything(s.seed)
+        self.net = Darknet(s.cfg)
+        ckpt = None
+        if resume:  # the settings of the run being continued win; cfg and data paths may have moved
+            ckpt = load_checkpoint(out / CHECKPOINT, self.fingerprint, self.net.state_dict())
+            s = dataclasses.replace(Settings(**ckpt["settings"]), cfg=s.cfg, data=s.data)
+        self.seen = self._load_start(s) if ckpt is None else ckpt["seen"]
+        self.dataset = self._dataset(s)
+        self.s = s = resolve(s, self.net, len(self.dataset), rt.world)
+        self.darknet = RECIPES[s.recipe]["optimizer"] == "sgd"
+        per_rank = s.batch // rt.world if RECIPES[s.recipe]["split_batch"] else s.batch
+        self.minibatch = per_rank // s.subdivisions  # images per forward on each rank
+        self.step_images = self.minibatch * s.subdivisions * rt.world
+        self.schedule = make_schedule(s, self.net)
+        self.step, self.epoch, self.batch_in_epoch, self.avg_loss, self.elapsed = 0, 0, 0, -1.0, 0.0
+        self.seen_start = self.seen
+        self._build(ckpt)
+
+    # ---- setup
+
+    def _load_start(self, s: Settings) -> int:
+        """Load --weights / --pretrained; the starting seen (darknet: the header's, 0 for partial/clear)."""
+        if s.weights:
+            self.net.load_weights(s.weights)
+            return 0 if s.clear else int(self.net.seen)
+        if s.pretrained:
+            self.net.load_weights(s.pretrained, cutoff=s.partial)
+        return 0
+
+    def _dataset(self, s: Settings):
+        root = Path(s.data)
+        if not root.is_dir():
+            raise TrainError(f"{root}: no such dataset directory (a VOC devkit root holding VOC2007/...)")
+        sets = s.sets or [[y, n] for y, n in (("2007", "trainval"), ("2012", "trainval"))
+                          if (root / f"VOC{y}").is_dir()]
+        if not sets:
+            raise TrainError(f"{root}: no VOC2007/ or VOC2012/ folder (is this a VOC devkit root?)")
+        classes = class_names(root, s.names)
+        if len(classes) != self.net.region.classes:
+            raise TrainError(f"{s.cfg}: [region] classes={self.net.region.classes}, but the dataset has "
+                             f"{len(classes)} class names ({s.names or root})")
+        records = load_voc(root, [tuple(p) for p in sets], classes)
+        opt = self.net.net_options
+        aug = Augmenter(kind=s.loader or RECIPES[s.recipe]["loader"], jitter=self.net.region.jitter,
+                        hue=opt.get_float("hue", 0), saturation=opt.get_float("saturation", 1),
+                        exposure=opt.get_float("exposure", 1))
+        return DetectionDataset(records, classes, augment=aug, seed=s.seed)
+
+    def _build(self, ckpt: dict | None) -> None:
+        s, rt = self.s, self.rt
+        fmt = torch.channels_last if rt.device.type == "cuda" else torch.contiguous_format
+        self.net.to(rt.device, memory_format=fmt)
+        if ckpt is not None:
+            self.net.load_state_dict(ckpt["model"])
+        self.model = self.net
+        if rt.world > 1:
+            ids = [rt.device.index] if rt.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.loss_fn = RegionLoss.from_region(self.net.region, validate=False).to(rt.device)
+        if self.darknet:
+            opt = self.net.net_options
+            self.opt = darknet_sgd(self.net, opt.get_float("momentum", 0.9), opt.get_float("decay", 0.0001),
+                                   s.batch)
+        else:
+            self.opt = torch.optim.Adam(self.net.parameters(), lr=s.learning_rate, weight_decay=0.0)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=rt.amp_dtype == torch.float16)
+        self.sampler = self._sampler()
+        self.loader = self._loader()
+        self._it = None
+        if ckpt is not None:
+            self._restore(ckpt)
+
+    def _sampler(self) -> DarknetSizes:
+        s, rt = self.s, self.rt
+        sampler = DarknetSizes(len(self.dataset), self.minibatch, seed=s.seed, every=s.every * s.subdivisions,
+                               sizes=s.sizes if len(s.sizes) > 1 else None, size=s.sizes[0], rank=rt.rank,
+                               world_size=rt.world, final=self._final if self.darknet else None)
+        if sampler.batches_per_epoch < 1:
+            raise TrainError(f"{s.data}: {len(self.dataset)} images make no batch of {self.minibatch} "
+                             f"per rank on {rt.world} rank(s)")
+        return sampler
+
+    def _final(self, minibatch: int) -> bool:
+        """Darknet's `get_current_batch(net)+200 > max_batches` at the resize drawn at this minibatch."""
+        s = self.s
+        batch_num = (self.seen_start + minibatch // s.subdivisions * self.step_images) // s.batch
+        return batch_num + s.final_batches > s.max_batches
+
+    def _loader(self):
+        w, cuda = self.rt.workers, self.rt.device.type == "cuda"
+        if w:
+            import cv2
+
+            cv2.setNumThreads(1)  # before the fork: inside a forked worker it can deadlock
+        return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=w,
+                          worker_init_fn=worker_init if w else None, pin_memory=cuda,
+                          persistent_workers=w > 0, prefetch_factor=4 if w else None)
+
+    def _restore(self, ckpt: dict) -> None:
+        self.opt.load_state_dict(ckpt["optimizer"])
+        if ckpt["scaler"]:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        p = ckpt["progress"]
+        if p["n_images"] != len(self.dataset):
+            raise TrainError(f"{self.out / CHECKPOINT}: the run trained on {p['n_images']} images, "
+                             f"{self.s.data} now has {len(self.dataset)}")
+        self.step, self.epoch, self.batch_in_epoch = ckpt["step"], p["epoch"], p["batch_in_epoch"]
+        self.avg_loss, self.elapsed, self.seen_start = p["avg_loss"], p["elapsed"], p["seen_start"]
+        # the policy the run started with, even if the cfg's [net] was edited since
+        fields = p["schedule"].items()
+        self.schedule = Schedule(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields})
+        set_rng_state(ckpt["rng"])
+
+    # ---- one iteration
+
+    @property
+    def batch_num(self) -> int:
+        """Darknet's get_current_batch: seen // (batch*subdivisions) (batch here is the full batch)."""
+        return self.seen // self.s.batch
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (images, truths) on the device, crossing epochs (data order: epoch, batch index)."""
+        while True:
+            if self._it is None:
+                self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+                self._it = iter(self.loader)
+            try:
+                images, truths, _ = next(self._it)
+            except StopIteration:
+                self._it, self.epoch, self.batch_in_epoch = None, self.epoch + 1, 0
+                continue
+            self.batch_in_epoch += 1
+            fmt = torch.channels_last if self.rt.device.type == "cuda" else torch.contiguous_format
+            return (images.to(self.rt.device, non_blocking=True, memory_format=fmt),
+                    truths.to(self.rt.device, non_blocking=True))
+
+    def iteration(self) -> dict:
+        """`subdivisions` forwards and backwards, then one update; returns the log row."""
+        s, rt, t = self.s, self.rt, now()
+        acc = torch.zeros(7, device=rt.device)
+        for sub in range(s.subdivisions):
+            images, truths = self.next_batch()
+            self.seen += images.shape[0] * rt.world  # darknet: seen += batch *before* the forward
+            sync = rt.world == 1 or sub == s.subdivisions - 1
+            with nullcontext() if sync else self.model.no_sync():
+                with autocast(rt):
+                    logits = self.model(images)
+                loss = self.loss_fn(logits, truths, self.seen)  # summed over the images
+                scale = 1.0 if self.darknet else 1.0 / (self.minibatch * s.subdivisions)
+                self.scaler.scale(loss * scale).backward()
+            acc += stats_vector(loss.detach(), self.loss_fn.stats)
+        v = all_sum(acc, rt).tolist()  # the iteration's one host-device synchronisation
+        loss = v[0] / self.step_images
+        if not finite(loss):
+            raise TrainError(f"loss is {loss} at batch {self.batch_num} (iteration {self.step + 1}, seen "
+                             f"{self.seen}); stopped before the update. Lower the learning rate or check "
+                             f"the data; the last checkpoint is {self.out / CHECKPOINT}")
+        self.update()
+        self.avg_loss = loss if self.avg_loss < 0 else 0.9 * self.avg_loss + 0.1 * loss  # darknet's avg
+        dt = now() - t
+        self.elapsed += dt
+        n = max(v[6], 1.0)
+        return {"step": self.step, "batch": self.batch_num, "seen": self.seen, "epoch": self.epoch,
+                "size": images.shape[-1], "lr": self.rate, "loss": loss, "avg_loss": self.avg_loss,
+                "avg_iou": v[1] / n, "class": v[2] / n, "obj": v[3] / n,
+                "no_obj": v[5] / (s.subdivisions * rt.world), "avg_recall": v[4] / n, "count": int(v[6]),
+                "images_per_s": self.step_images / dt, "time": self.elapsed}
+
+    def update(self) -> None:
+        """Darknet's update_network: the rate at the current batch_num, then the optimizer step."""
+        rate = self.schedule.rate(self.batch_num)
+        if self.darknet:
+            self.rate = rate * self.rt.world  # darknet -gpus: learning_rate *= ngpus
+            set_rate(self.opt, self.rate, self.s.batch)
+        else:
+            self.rate = rate
+            set_rate(self.opt, rate)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+
+    # ---- files
+
+    def save(self) -> None:
+        """Checkpoint and darknet weights, atomically, by rank 0 only."""
+        if not self.rt.main:
+            return
+        self.net.seen = self.seen
+        progress = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "avg_loss": self.avg_loss,
+                    "elapsed": self.elapsed, "seen_start": self.seen_start, "n_images": len(self.dataset),
+                    "schedule": dataclasses.asdict(self.schedule)}
+        ckpt = make_checkpoint(fingerprint=self.fingerprint, model=self.net.state_dict(),
+                               optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(),
+                               seen=self.seen, step=self.step, progress=progress,
+                               settings=dataclasses.asdict(self.s))
+        atomic_save(ckpt, self.out / CHECKPOINT)
+        self.save_weights(self.out / f"{Path(self.s.cfg).stem}_last.weights")
+
+    def save_weights(self, path: Path) -> Path:
+        tmp = path.with_name(f".{path.name}.tmp")
+        self.net.save_weights(tmp)
+        os.replace(tmp, path)
+        return path
+
+    def run(self) -> TrainResult:
+        s, rt = self.s, self.rt
+        log = open_log(self.out / LOG, LOG_FIELDS, self.step) if rt.main else None
+        if rt.main:
+            (self.out / SETTINGS).write_text(json_dumps(dataclasses.asdict(s)))
+        bar = tqdm(total=s.max_batches, initial=min(self.batch_num, s.max_batches), disable=not rt.progress,
+                   unit="batch", dynamic_ncols=True)
+        images0, t0 = self.seen, now()
+        try:
+            while self.batch_num < s.max_batches:
+                before = self.batch_num
+                row = self.iteration()
+                if log:
+                    log.write(",".join(_fmt(row[k]) for k in LOG_FIELDS) + "\n")
+                bar.update(min(self.batch_num, s.max_batches) - before)
+                bar.set_postfix_str(postfix(row), refresh=False)
+                if self.step % s.checkpoint_every == 0:
+                    self.save()
+        finally:
+            bar.close()
+            if log:
+                log.close()
+        self.save()
+        wall = now() - t0
+        final = self.out / f"{Path(s.cfg).stem}_final.weights"
+        plot = None
+        if rt.main:
+            self.save_weights(final)
+            plot = plot_log(read_log(self.out / LOG), self.out / PLOT)
+        return TrainResult(self.out, final, self.out / CHECKPOINT, self.out / LOG, plot, self.seen,
+                           self.batch_num, wall, (self.seen - images0) / max(wall, 1e-9))
+
+
+def postfix(row: dict) -> str:
+    """The progress bar's text: loss, darknet's avg, diagnostics, speed, size."""
+    return (f"loss {row['loss']:.3g} avg {row['avg_loss']:.3g} iou {row['avg_iou']:.2f} recall "
+            f"{row['avg_recall']:.2f} obj {row['obj']:.2f} {row['images_per_s']:.1f} img/s {row['size']}px")
+
+
+def _fmt(v) -> str:
+    return str(v) if isinstance(v, int) else f"{v:.6g}"
+
+
+def json_dumps(obj) -> str:
+    return json.dumps(obj, indent=1) + "\n"
+
+
+def finite(x: float) -> bool:
+    return math.isfinite(x)
