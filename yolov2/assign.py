@@ -67,13 +67,13 @@ class Assignment:
       positives, 0 where ignored, noobject_scale elsewhere.
     - class_target: int64 class of the owning truth, -1 elsewhere; class_scale: class_scale at
       positives, 0 elsewhere.
-
-    state, iou, class_target and class_scale are properties, computed from truth_index when read
-    (the loss does not need them as slot tensors).
     - output: (N, A, 5, H, W) darknet's `l.output` of entries 0-4, `(σ(z_x), σ(z_y), z_w, z_h,
       σ(z_obj))` in float32, σ rounded from double: what the deltas are computed from.
     - pred: (N, A, H, W, 4) the predicted boxes the IoUs use, normalised centre-size (a view of
       (N, 4, A, H, W) memory).
+
+    state, iou, class_target and class_scale (and the masks positive, ignored) are properties,
+    computed from truth_index when read: the loss does not need them as slot tensors.
 
     Per truth row, (N, T) with T = min(rows given, 30):
 
