@@ -90,7 +90,7 @@ def check_inputs(logits: Tensor, truth: Tensor, num_anchors: int, num_classes: i
     t, valid = used_truths(truth.to(logits.device))
     x, y, w, h, c = t.unbind(-1)
     outside = "outside the grid: darknet's cell (int)({}) would index past it"
-    rules = {  # each a (N, T) mask of the rows that keep a rule, for the message
+    rules = {  # each a (N, T) mask of the rows that keep a rule; NaN breaks every rule
         f"x outside (0, 1) (x == 0 ends the list; x >= 1 puts the cell {outside.format('x*W')})":
             lambda: (x > 0) & (x < 1),
         f"y outside [0, 1) (y >= 1 puts the cell {outside.format('y*H')})": lambda: (y >= 0) & (y < 1),
@@ -99,10 +99,7 @@ def check_inputs(logits: Tensor, truth: Tensor, num_anchors: int, num_classes: i
         f"class not an integer in [0, {num_classes})":
             lambda: (c >= 0) & (c < num_classes) & (c == c.floor()),
     }
-    # all rules at once (a used row has x != 0, so x >= 0 is x > 0 there); NaN breaks every rule
-    xy, wh = t[..., 0:2], t[..., 2:4]
-    keep = (((xy >= 0) & (xy < 1) & (wh > 0) & (wh <= 1)).all(-1) & (c >= 0) & (c < num_classes)
-            & (c == c.floor())) | ~valid  # (N, T)
+    keep = torch.stack([rule() for rule in rules.values()]).all(0) | ~valid  # (N, T)
     # NaN and Inf propagate through a sum: one read of the logits, and one synchronisation for both
     truths_ok, finite = torch.stack((keep.all(), torch.isfinite(logits.sum()))).tolist()
     if not finite and not torch.isfinite(logits).all():  # (a finite sum can overflow: look again)
@@ -199,9 +196,9 @@ def class_index(a: Assignment, num_classes: int, h: int, w: int, rows: int) -> T
     return (slot // (h * w) * k + classes) * (h * w) + slot % (h * w)
 
 
-def region_stats(obj: Tensor, prob: Tensor, a: Assignment) -> RegionStats:
-    """Darknet's printed diagnostics from σ(z_obj) (N, A, H, W), the class softmax at the slots
-    of the first R truth rows (N, R, C; rows past R unused) and the assignment.
+def region_stats(prob: Tensor, a: Assignment) -> RegionStats:
+    """Darknet's printed diagnostics from the class softmax at the slots of the first R truth rows
+    (N, R, C; rows past R unused) and the assignment (σ(z_obj) is `a.output[:, :, 4]`).
 
     Every used truth counts, also one that a later truth overwrote: IoU and recall (IoU > .5)
     of its slot's prediction, that slot's objectness and probability of the truth's class.
@@ -210,7 +207,7 @@ def region_stats(obj: Tensor, prob: Tensor, a: Assignment) -> RegionStats:
     def compute() -> dict[str, Tensor]:
         r = prob.shape[1]
         valid, iou = a.valid[:, :r].to(prob.dtype), a.truth_iou[:, :r]  # (N, R)
-        flat = obj.flatten(1)  # (N, S)
+        flat = a.output[:, :, 4].flatten(1)  # (N, S) σ(z_obj)
         cat = prob.gather(2, a.truth[:, :r, 4].long().clamp(min=0).unsqueeze(2)).squeeze(2)  # (N, R)
         count = valid.sum()
         sums = {
@@ -301,7 +298,7 @@ class RegionLoss(nn.Module):
             coord, _ = coord_term(a, out=grad5[:, :, 0:4])
             obj, _ = obj_term(a, out=grad5[:, :, 4])
             klass, g_cls, prob = class_term(cls, a)
-        self.stats = region_stats(a.output[:, :, 4], prob, a)
+        self.stats = region_stats(prob, a)
         return _ClosedForm.apply(logits, coord + obj + klass, grad5, g_cls, index)
 
     def extra_repr(self) -> str:
