@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from yolov2.data.augment import Augmenter
-from yolov2.image import read_image
+from yolov2.data.image import read_image
 
 SIZES = [(500, 375), (375, 500), (500, 333), (500, 400), (480, 360), (333, 500)]
 

@@ -1,4 +1,4 @@
-"""Time VOC evaluation: yolov2.evaluate (vectorised matching) against a per-detection Python loop.
+"""Time VOC evaluation: yolov2.detect.evaluate (vectorised matching) against a per-detection Python loop.
 
 The loop is the reference evaluation's algorithm as py-faster-rcnn's `voc_eval.py` writes it: for
 each class, detections ranked by score, then one at a time, the IoU with the ground truth of its
@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from yolov2.data.voc import VOC_CLASSES
-from yolov2.evaluate import evaluate_detections, load_annotations, rank_detections, read_results, voc_ap
+from yolov2.detect.evaluate import (
+    evaluate_detections,
+    load_annotations,
+    rank_detections,
+    read_results,
+    voc_ap,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +94,7 @@ def main() -> None:
                                        for c in VOC_CLASSES})
     base_map = float(np.mean([a for a in base.values() if a is not None]))
     diff = max(abs(fast.ap[c] - base[c]) for c in VOC_CLASSES if base[c] is not None)
-    print(f"yolov2.evaluate:        {t_fast:7.3f} s   mAP {fast.map:.6f}")
+    print(f"yolov2.detect.evaluate:        {t_fast:7.3f} s   mAP {fast.map:.6f}")
     print(f"per-detection loop:     {t_base:7.3f} s   mAP {base_map:.6f}   (max AP difference {diff:.1e})")
     print(f"speed-up: {t_base / t_fast:.0f}x")
 

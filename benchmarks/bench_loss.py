@@ -18,9 +18,9 @@ import time
 import torch
 
 from yolov2 import RegionLoss
-from yolov2.boxes import box_iou
-from yolov2.cfg import parse_cfg, stock_cfg
-from yolov2.region import RegionConfig, activate, pred_boxes, split_entries
+from yolov2.darknet.boxes import box_iou
+from yolov2.darknet.cfg import parse_cfg, stock_cfg
+from yolov2.darknet.region import RegionConfig, activate, pred_boxes, split_entries
 
 
 def timed(fn, unit, device: str, repeats: int) -> tuple[float, float]:

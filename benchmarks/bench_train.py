@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from yolov2.cfg import stock_cfg
+from yolov2.darknet.cfg import stock_cfg
 from yolov2.data.labels import write_class_names
 from yolov2.data.synth import SYNTH_CLASSES, make_synthetic_voc
-from yolov2.train import Runtime, Settings, Trainer
+from yolov2.train.command import Runtime, Settings, Trainer
 
 
 def timed(trainer: Trainer, iterations: int) -> float:

@@ -46,7 +46,7 @@ def narrow_cfg_with_tiny_schedule(directory: Path) -> Path:
     The shipped narrow cfg's `[net]` is the CPU demo's recipe (rate .02 after a 100-batch burn_in), which
     barely moves a few-batch test run; the training tests assert darknet's stock tiny schedule instead.
     """
-    from yolov2.cfg import stock_cfg
+    from yolov2.darknet.cfg import stock_cfg
 
     def split(text: str) -> tuple[str, str]:
         head, _, rest = text.partition("[convolutional]")

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from yolov2 import anchors
-from yolov2.boxes import box_iou
-from yolov2.cfg import parse_cfg, stock_cfg
-from yolov2.data import labels, synth, voc
+from yolov2.darknet.boxes import box_iou
+from yolov2.darknet.cfg import parse_cfg, stock_cfg
+from yolov2.data import anchors, labels, synth, voc
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,15 @@ import pytest
 from conftest import FIXTURES, load_npz, shared_path
 
 from yolov2.data import augment as A
-from yolov2.image import F32, Scratch, crop_resize_image, distort_image, flip_image, place_image, to_float
+from yolov2.data.image import (
+    F32,
+    Scratch,
+    crop_resize_image,
+    distort_image,
+    flip_image,
+    place_image,
+    to_float,
+)
 
 FIX = FIXTURES / "prepost"
 TRUTH_TOL, PLACE_TOL, REGION_X_TOL = 1e-6, 1e-4, 5e-6

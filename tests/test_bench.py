@@ -10,9 +10,9 @@ import torch
 from conftest import FIXTURES
 
 from yolov2 import Darknet
-from yolov2.bench import ALL_PATHS, count_flops, map_by_precision, random_darknet, time_interleaved
-from yolov2.bench import main as bench_main
-from yolov2.infer import bf16_supported
+from yolov2.darknet.infer import bf16_supported
+from yolov2.deploy.bench import ALL_PATHS, count_flops, map_by_precision, random_darknet, time_interleaved
+from yolov2.deploy.bench import main as bench_main
 
 
 def main(argv: list[str]) -> int:
@@ -101,7 +101,7 @@ def test_time_interleaved_shuffles_rounds():
 def test_map_by_precision_is_valids_map(tmp_path):
     """fp32 through the fused path gives the mAP that train.voc_map computes with the plain net."""
     from yolov2.data.synth import main as synth
-    from yolov2.train import voc_map
+    from yolov2.train.command import voc_map
 
     assert synth(["--out", str(tmp_path / "synth"), "--train", "0", "--test", "6", "--seed", "0"]) == 0
     net = random_darknet("yolov2-tiny-synth", seed=4, calibrate=416)

@@ -243,8 +243,8 @@ class LiveWidget:
 
 
 def _anchor_text(before: str, after: str) -> None:
-    from yolov2.cfg import parse_cfg, stock_cfg
-    from yolov2.region import RegionConfig
+    from yolov2.darknet.cfg import parse_cfg, stock_cfg
+    from yolov2.darknet.region import RegionConfig
 
     anchors = RegionConfig.from_section(parse_cfg(stock_cfg("yolov2-voc"))[-1]).anchors
     assert before.strip() == f"anchor 0: w={anchors[0][0]:.4f} h={anchors[0][1]:.4f} cells"
@@ -252,7 +252,7 @@ def _anchor_text(before: str, after: str) -> None:
 
 
 def _inspector_text(before: str, after: str) -> None:
-    """The inspector's summary (yolov2.widgets.summary_lines) for the next image: each image's truths
+    """The inspector's summary (yolov2.book.widgets.summary_lines) for the next image: each image's truths
     take one positive slot each, fewer only where a later truth overwrote an earlier one's."""
     counts = re.compile(r"image (\d+): (\d+) truths → (\d+) positive slots, (\d+) ignored")
     first, second = counts.search(before), counts.search(after)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from yolov2.cfg import CfgError, load_cfg, parse_cfg, parse_cfg_text, stock_cfg
+from yolov2.darknet.cfg import CfgError, load_cfg, parse_cfg, parse_cfg_text, stock_cfg
 
 TEXT = """\
 # a comment

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from yolov2.cfg import stock_cfg
-from yolov2.checkpoint import (
+from yolov2.darknet.cfg import stock_cfg
+from yolov2.darknet.model import Darknet
+from yolov2.train.checkpoint import (
     CheckpointError,
     atomic_save,
     cfg_fingerprint,
@@ -20,8 +21,7 @@ from yolov2.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from yolov2.model import Darknet
-from yolov2.train import main as train_main
+from yolov2.train.command import main as train_main
 
 SYNTH = stock_cfg("yolov2-tiny-synth")
 

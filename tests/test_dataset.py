@@ -20,7 +20,7 @@ from yolov2.data.dataset import (
     make_loader,
     multiscale_size,
 )
-from yolov2.image import ImageError, letterbox_image, load_image, resize_image
+from yolov2.data.image import ImageError, letterbox_image, load_image, resize_image
 
 
 @pytest.fixture(scope="module")

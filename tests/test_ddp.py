@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import narrow_cfg_with_tiny_schedule
 
-from yolov2.cfg import stock_cfg
+from yolov2.darknet.cfg import stock_cfg
 from yolov2.data.synth import make_synthetic_voc
-from yolov2.train import read_log
+from yolov2.train.command import read_log
 
 SYNTH = stock_cfg("yolov2-tiny-synth")
 ROOT = Path(__file__).resolve().parents[1]

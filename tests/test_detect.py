@@ -15,15 +15,15 @@ import torch
 from conftest import FIXTURES
 
 from yolov2.__main__ import main as cli
-from yolov2.boxes import box_iou_matrix
-from yolov2.cfg import stock_cfg
+from yolov2.darknet.boxes import box_iou_matrix
+from yolov2.darknet.cfg import stock_cfg
+from yolov2.darknet.model import Darknet
+from yolov2.data.image import letterbox_image, read_image, resize_image
 from yolov2.data.synth import SYNTH_CLASSES, make_synthetic_voc
 from yolov2.data.voc import VOC_CLASSES
-from yolov2.detect import Detector
-from yolov2.evaluate import evaluate_detections, load_annotations
-from yolov2.image import letterbox_image, read_image, resize_image
-from yolov2.model import Darknet
-from yolov2.postprocess import (
+from yolov2.detect.detector import Detector
+from yolov2.detect.evaluate import evaluate_detections, load_annotations
+from yolov2.detect.postprocess import (
     Detections,
     comp4_lines,
     correct_region_boxes,
@@ -505,7 +505,7 @@ def test_valid_command_missing_image(tmp_path, synth_files, capsys):
 def test_viz_helpers(synth_net):
     from matplotlib.figure import Figure
 
-    from yolov2.viz import class_color, draw_detections, plot_pr_curves
+    from yolov2.book.viz import class_color, draw_detections, plot_pr_curves
 
     assert class_color(0, 20) == (1.0, 0.0, 1.0)  # darknet: offset 0 is the ramp's start, magenta
     im = random_images()[1]

@@ -13,7 +13,7 @@ from conftest import FIXTURES
 
 from yolov2.__main__ import main as cli
 from yolov2.data.voc import VOC_CLASSES, Annotation, DatasetError, VOCObject
-from yolov2.evaluate import (
+from yolov2.detect.evaluate import (
     METRICS,
     ClassDetections,
     class_truth,

@@ -9,11 +9,11 @@ import torch
 from conftest import FIXTURES, shared_path
 
 from yolov2 import Darknet
-from yolov2.bench import random_darknet
-from yolov2.export import export_onnx, main, onnx_session, run_onnx, verify
-from yolov2.infer import relative_error
-from yolov2.postprocess import region_boxes, region_scores
-from yolov2.region import activate
+from yolov2.darknet.infer import relative_error
+from yolov2.darknet.region import activate
+from yolov2.deploy.bench import random_darknet
+from yolov2.deploy.export import export_onnx, main, onnx_session, run_onnx, verify
+from yolov2.detect.postprocess import region_boxes, region_scores
 
 TOL = 1e-4  # of the PyTorch output's range
 

@@ -1,4 +1,4 @@
-"""yolov2.image against darknet's golden outputs (shared/golden/prepost, README A-D) and OpenCV/torch.
+"""yolov2.data.image against darknet's golden outputs (shared/golden/prepost, README A-D) and OpenCV/torch.
 
 Big golden files are read from ../shared (skipped where absent); tests/fixtures/prepost holds small cuts
 of the same darknet outputs (made by make_fixtures.py there) so something is always checked.
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from conftest import FIXTURES, load_npz, shared_path
 
-from yolov2 import image as I
+from yolov2.data import image as I
 
 F32 = np.float32
 FIX = FIXTURES / "prepost"

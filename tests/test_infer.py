@@ -9,9 +9,8 @@ from conftest import FIXTURES, shared_path
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from yolov2 import Darknet
-from yolov2.bench import random_darknet
-from yolov2.cfg import parse_cfg_text
-from yolov2.infer import (
+from yolov2.darknet.cfg import parse_cfg_text
+from yolov2.darknet.infer import (
     BF16_TOLERANCE,
     FusedDarknet,
     bf16_error,
@@ -23,7 +22,8 @@ from yolov2.infer import (
     relative_error,
     space_to_depth_weight,
 )
-from yolov2.model import MaxPool, Reorg
+from yolov2.darknet.layers import MaxPool, Reorg
+from yolov2.deploy.bench import random_darknet
 
 TOL = 1e-4  # the issue's bound: max |fused - plain| <= 1e-4 of the plain logits' range
 PACKS = [pytest.param(True, id="onednn", marks=pytest.mark.skipif(not onednn_available(),
@@ -196,7 +196,7 @@ def test_errors(nets, monkeypatch):
         net.fuse()(torch.rand(3, 64, 64))
     with pytest.raises(ValueError, match="multiples of 8, got 64x50"):
         net.fuse()(torch.rand(1, 3, 64, 50))
-    monkeypatch.setattr("yolov2.infer.bf16_supported", lambda device="cpu": False)
+    monkeypatch.setattr("yolov2.darknet.infer.bf16_supported", lambda device="cpu": False)
     with pytest.raises(ValueError, match="'bf16' needs a CPU with AVX512-BF16 or AMX"):
         net.fuse("bf16")
 

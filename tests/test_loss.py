@@ -17,9 +17,9 @@ import torch
 from conftest import FIXTURES, shared_path
 
 import yolov2
-from yolov2.cfg import parse_cfg, stock_cfg
-from yolov2.loss import RegionLoss, check_inputs
-from yolov2.region import RegionConfig
+from yolov2.darknet.cfg import parse_cfg, stock_cfg
+from yolov2.darknet.region import RegionConfig
+from yolov2.loss.region_loss import RegionLoss, check_inputs
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 REGION = FIXTURES / "region"

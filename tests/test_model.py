@@ -11,9 +11,9 @@ import torch
 from conftest import FIXTURES, shared_path
 
 from yolov2 import Darknet
-from yolov2.cfg import CfgError, parse_cfg_text, stock_cfg
-from yolov2.model import Convolutional, MaxPool, Reorg
-from yolov2.region import activate
+from yolov2.darknet.cfg import CfgError, parse_cfg_text, stock_cfg
+from yolov2.darknet.layers import Convolutional, MaxPool, Reorg
+from yolov2.darknet.region import activate
 
 FIX = FIXTURES / "net"
 TOL = 2e-5  # golden README: |ours - darknet| <= 2e-5 * max|darknet layer|

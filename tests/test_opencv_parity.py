@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from conftest import FIXTURES
 
-import yolov2.model
+import yolov2.darknet.layers
 from yolov2 import Darknet
-from yolov2.model import Reorg, Route
+from yolov2.darknet.layers import Reorg, Route
 
 FIX = FIXTURES / "net"
 TOL = 1e-5  # of max|last conv|; correct runs measure 1.3e-6..2.4e-6
@@ -99,7 +99,7 @@ def _small_eps(mp, net):
 MUTANTS = {
     "reorg as pixel_unshuffle": ("voc.cfg", lambda mp, net: mp.setattr(Reorg, "forward", _pixel_unshuffle)),
     "route in reverse order": ("voc.cfg", lambda mp, net: mp.setattr(Route, "forward", _reversed_route)),
-    "maxpool zero padding": ("tiny.cfg", lambda mp, net: mp.setattr(yolov2.model, "FLT_MAX", 0.0)),
+    "maxpool zero padding": ("tiny.cfg", lambda mp, net: mp.setattr(yolov2.darknet.layers, "FLT_MAX", 0.0)),
     "batch norm eps 1e-6": ("tiny.cfg", _small_eps),
 }
 

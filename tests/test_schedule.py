@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from yolov2.cfg import CfgError, parse_cfg, parse_cfg_text, stock_cfg
-from yolov2.schedule import Schedule, darknet_sgd, set_rate
+from yolov2.darknet.cfg import CfgError, parse_cfg, parse_cfg_text, stock_cfg
+from yolov2.train.schedule import Schedule, darknet_sgd, set_rate
 
 
 def net_section(text: str):

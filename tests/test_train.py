@@ -16,12 +16,12 @@ import pytest
 import torch
 from conftest import narrow_cfg_with_tiny_schedule
 
-from yolov2.cfg import stock_cfg
-from yolov2.checkpoint import cfg_fingerprint
+from yolov2.darknet.cfg import stock_cfg
+from yolov2.darknet.model import Darknet
 from yolov2.data.synth import make_synthetic_voc
-from yolov2.model import Darknet
-from yolov2.train import Runtime, Settings, Trainer, TrainError, read_log, train
-from yolov2.train import main as train_main
+from yolov2.train.checkpoint import cfg_fingerprint
+from yolov2.train.command import Runtime, Settings, Trainer, TrainError, read_log, train
+from yolov2.train.command import main as train_main
 
 SYNTH = stock_cfg("yolov2-tiny-synth")
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """The book's plot helpers draw what they are given, where it belongs.
 
-Oracles: the box conventions of `yolov2.boxes` (centre-size -> corners), darknet's class colours,
+Oracles: the box conventions of `yolov2.darknet.boxes` (centre-size -> corners), darknet's class colours,
 and, for the assignment figures, the `Assignment` of darknet's golden region case p02 (whose
 positives and ignored slots `tests/test_loss.py` checks against darknet).
 """
@@ -19,10 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
-from yolov2.assign import IGNORED, POSITIVE
-from yolov2.boxes import xywh_to_xyxy
-from yolov2.loss import RegionLoss
-from yolov2.viz import (
+from yolov2.book.viz import (
     STATE_COLORS,
     class_color,
     draw_anchor_slots,
@@ -33,6 +30,9 @@ from yolov2.viz import (
     to_corners,
     truth_color,
 )
+from yolov2.darknet.boxes import xywh_to_xyxy
+from yolov2.loss.assign import IGNORED, POSITIVE
+from yolov2.loss.region_loss import RegionLoss
 
 NAMES = ("circle", "square", "triangle", "hbar", "vbar")
 
@@ -145,7 +145,7 @@ def test_importing_viz_sets_nothing_up():
     # (reading rcParams['backend'] would itself import pyplot: leave it out)
     code = ("import json, sys, matplotlib as m; "
             "rc = lambda: {k: m.rcParams[k] for k in m.rcParams if k != 'backend'}; "
-            "before = rc(); import yolov2.viz; "
+            "before = rc(); import yolov2.book.viz; "
             "print(json.dumps(['matplotlib.pyplot' in sys.modules, rc() == before]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == [False, True]

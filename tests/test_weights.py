@@ -10,7 +10,7 @@ import torch
 from conftest import FIXTURES, shared_path
 
 from yolov2 import Darknet
-from yolov2.weights import WeightsError, darknet_floats, read_weights, write_weights
+from yolov2.darknet.weights import WeightsError, darknet_floats, read_weights, write_weights
 
 FIX = FIXTURES / "net"
 

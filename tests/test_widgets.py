@@ -16,10 +16,10 @@ import pytest
 import torch
 from conftest import FIXTURES
 
-from yolov2.assign import IGNORED, NEGATIVE, POSITIVE, PRIOR_SCALE
-from yolov2.loss import RegionLoss
-from yolov2.region import split_entries
-from yolov2.widgets import SUMMARY_CLASS, AssignmentInspector
+from yolov2.book.widgets import SUMMARY_CLASS, AssignmentInspector
+from yolov2.darknet.region import split_entries
+from yolov2.loss.assign import IGNORED, NEGATIVE, POSITIVE, PRIOR_SCALE
+from yolov2.loss.region_loss import RegionLoss
 
 CLASSES = [f"class{k}" for k in range(20)]
 COUNTS = re.compile(r"(\d+) truths → (\d+) positive slots, (\d+) ignored \(best IoU &gt; ([\d.]+)\), "
@@ -130,6 +130,6 @@ def test_mismatched_inputs_are_refused(case):
 
 
 def test_importing_widgets_does_not_import_ipywidgets():
-    code = "import sys, yolov2.widgets; print('ipywidgets' in sys.modules)"
+    code = "import sys, yolov2.book.widgets; print('ipywidgets' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from yolov2.data.voc import VOC_CLASSES
-from yolov2.evaluate import load_annotations, read_results
+from yolov2.detect.evaluate import load_annotations, read_results
 
 
 def byte_planes(values: np.ndarray, dtype: str) -> np.ndarray:

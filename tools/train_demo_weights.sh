@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Train the narrow tiny YOLOv2 (yolov2/cfg/yolov2-tiny-synth.cfg) from scratch on the synthetic VOC,
+# Train the narrow tiny YOLOv2 (yolov2/darknet/cfgs/yolov2-tiny-synth.cfg) from scratch on the synthetic VOC,
 # on the CPU, with darknet's recipe from the cfg's [net]; then copy the result to data/ for the book:
 #   data/yolov2-tiny-synth.weights   darknet .weights (header 0.2.0, seen = images trained on)
-#   data/yolov2-tiny-synth.log.csv   the training log (yolov2.train.read_log)
+#   data/yolov2-tiny-synth.log.csv   the training log (yolov2.train.command.read_log)
 #   data/yolov2-tiny-synth.eval.json VOC07 AP per class on the synthetic test split, at 416
 # Usage: tools/train_demo_weights.sh [RUN_DIR]   (default runs/synth-demo; it is overwritten)
 set -euo pipefail

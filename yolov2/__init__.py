@@ -13,11 +13,11 @@ import os
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Darknet": "yolov2.model",
-    "RegionLoss": "yolov2.loss",
-    "parse_cfg": "yolov2.cfg",
-    "stock_cfg": "yolov2.cfg",
-    "box_iou": "yolov2.boxes",
+    "Darknet": "yolov2.darknet.model",
+    "RegionLoss": "yolov2.loss.region_loss",
+    "parse_cfg": "yolov2.darknet.cfg",
+    "stock_cfg": "yolov2.darknet.cfg",
+    "box_iou": "yolov2.darknet.boxes",
 }
 
 __all__ = sorted([*_LAZY, "fast_mode"])

@@ -12,13 +12,13 @@ import sys
 # command -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "synth": ("yolov2.data.synth", "main", "write the synthetic VOC-format dataset"),
-    "anchors": ("yolov2.anchors", "main", "dimension clusters (IoU k-means) on a dataset"),
-    "train": ("yolov2.train", "main", "train a cfg on a VOC-layout dataset"),
-    "detect": ("yolov2.detect", "main_detect", "detect objects in images, draw and/or print JSON"),
-    "valid": ("yolov2.detect", "main_valid", "write darknet's comp4 result files for an image set"),
-    "eval": ("yolov2.evaluate", "main", "Pascal VOC AP/mAP of comp4 result files"),
-    "bench": ("yolov2.bench", "main", "inference benchmark against OpenCV's DNN"),
-    "export": ("yolov2.export", "main", "export a model to ONNX"),
+    "anchors": ("yolov2.data.anchors", "main", "dimension clusters (IoU k-means) on a dataset"),
+    "train": ("yolov2.train.command", "main", "train a cfg on a VOC-layout dataset"),
+    "detect": ("yolov2.detect.detector", "main_detect", "detect objects in images, draw and/or print JSON"),
+    "valid": ("yolov2.detect.detector", "main_valid", "write darknet's comp4 result files for an image set"),
+    "eval": ("yolov2.detect.evaluate", "main", "Pascal VOC AP/mAP of comp4 result files"),
+    "bench": ("yolov2.deploy.bench", "main", "inference benchmark against OpenCV's DNN"),
+    "export": ("yolov2.deploy.export", "main", "export a model to ONNX"),
 }
 
 

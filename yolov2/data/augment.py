@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from yolov2.image import (
+from yolov2.data.image import (
     F32,
     Scratch,
     check_image,

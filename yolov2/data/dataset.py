@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from yolov2.data.augment import EvalTransform
+from yolov2.data.image import read_image
 from yolov2.data.labels import record_labels
 from yolov2.data.voc import DatasetError, Record
-from yolov2.image import read_image
 
 MAX_BOXES = 30  # darknet's truth cap per image (the loss's T)
 MULTISCALE_SIZES = tuple(range(320, 609, 32))  # (rand() % 10 + 10) * 32

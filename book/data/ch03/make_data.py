@@ -1,7 +1,7 @@
 """Rebuild this folder's box-size files (run from the repo root): `python book/data/ch03/make_data.py`.
 
 Each `.npz` holds the *non-difficult* boxes darknet trains on (voc_label.py's selection) as integers,
-so chapter 3 recovers `yolov2.anchors.dataset_wh`'s normalised sizes as `box_wh / image_wh`:
+so chapter 3 recovers `yolov2.data.anchors.dataset_wh`'s normalised sizes as `box_wh / image_wh`:
 
 - `box_wh` (N, 2) int16: `xmax - xmin`, `ymax - ymin` in pixels, as in the VOC XML;
 - `image_wh` (N, 2) int16: the width and height of the box's image.

@@ -18,16 +18,11 @@ AVX512-BF16 with float32 accumulation. Logits come back as float32 in every mode
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from yolov2.model import ACTIVATIONS, Convolutional, MaxPool, Reorg, check_input
-
-if TYPE_CHECKING:
-    from yolov2.model import Darknet
+from yolov2.darknet.layers import ACTIVATIONS, Convolutional, MaxPool, Reorg, check_input
 
 PRECISIONS = ("fp32", "bf16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -150,7 +145,7 @@ def darknet_reorg(x: Tensor, stride: int, weight: Tensor, static: bool = False) 
     darknet reads the input memory as (C/s², s·H, s·W), moves each s x s block's pixels into channels
     (channel (dy·s + dx)·C/s² + c: ONNX's SpaceToDepth order, here a stride-s convolution with one-hot
     kernels, exact), and reads the resulting (C, H, W) memory as (s²C, H/s, W/s). Unlike the 6-D permute
-    of `yolov2.model.Reorg` this exports to an ONNX graph that OpenCV 4's importer reads.
+    of `yolov2.darknet.model.Reorg` this exports to an ONNX graph that OpenCV 4's importer reads.
     weight: `space_to_depth_weight(C/s², s)`. static: while tracing, freeze C, H, W as constants (batch
     stays -1), so the exported Reshapes need no Shape ops, which OpenCV 4 cannot follow with a dynamic batch.
     """
@@ -179,11 +174,11 @@ class FusedDarknet(nn.Module):
 
     x: (N, channels, H, W) float in [0, 1], H and W multiples of 32 -> float32 logits
     (N, A*(5+C), H/32, W/32) in NCHW. Keeps the net's `width`, `height`, `channels`, `stride`, `region`,
-    `anchors`, `num_classes` and `head`, so it stands in for the net in `yolov2.detect.Detector`.
+    `anchors`, `num_classes` and `head`, so it stands in for the net in `yolov2.detect.detector.Detector`.
     pack: prepack weights for oneDNN (default: on a CPU with oneDNN).
     """
 
-    def __init__(self, net: Darknet, precision: str = DEFAULT_PRECISION, pack: bool | None = None):
+    def __init__(self, net: nn.Module, precision: str = DEFAULT_PRECISION, pack: bool | None = None):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -247,7 +242,7 @@ class FusedDarknet(nn.Module):
         return f"precision={self.precision}, pack={self.pack}"
 
 
-def fuse(net: Darknet, precision: str = DEFAULT_PRECISION, pack: bool | None = None) -> FusedDarknet:
+def fuse(net: nn.Module, precision: str = DEFAULT_PRECISION, pack: bool | None = None) -> FusedDarknet:
     """`net.fuse()`: the inference module of an eval-mode `net` (batch norm uses its rolling statistics)."""
     return FusedDarknet(net, precision, pack)
 
@@ -261,7 +256,7 @@ def relative_error(ours: Tensor, ref: Tensor, mean: bool = False) -> float:
 
 
 @torch.no_grad()
-def bf16_error(net: Darknet, x: Tensor) -> tuple[float, float]:
+def bf16_error(net: nn.Module, x: Tensor) -> tuple[float, float]:
     """How far the bf16 path's logits move from the unfused float32 net's on x: (max, mean) of
     |bf16 − fp32| relative to the fp32 logits' range."""
     ours, ref = fuse(net, "bf16")(x), net.eval()(x)

@@ -5,7 +5,7 @@ learning_rate and max_batches; `learning_rate *= ngpus` for `-gpus`), src/parser
 (`parse_net_options`: `batch /= subdivisions` is undone here, batch is the full batch).
 
 Recipes (:data:`RECIPES`):
-* `darknet`: the cfg's `[net]`, :func:`yolov2.schedule.darknet_sgd`, darknet's loader. On K ranks each
+* `darknet`: the cfg's `[net]`, :func:`yolov2.train.schedule.darknet_sgd`, darknet's loader. On K ranks each
   runs the full cfg batch and the rate is multiplied by K, as darknet's `-gpus` does
   (`learning_rate *= ngpus`; `sync_nets` counts every GPU's images in seen, so batch_num advances by K).
 * `adam`: the PyTorch port's: Adam 1e-4, no decay, batch 32 split over the ranks, 280 epochs, rate
@@ -19,10 +19,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from yolov2.cfg import CfgError, Section, stock_cfg
+from yolov2.darknet.cfg import CfgError, Section, stock_cfg
 from yolov2.data.labels import read_class_names
 from yolov2.data.voc import VOC_CLASSES
-from yolov2.schedule import Schedule
+from yolov2.train.schedule import Schedule
 
 RECIPES = {
     "darknet": {"loader": "detection", "optimizer": "sgd", "split_batch": False},

@@ -132,7 +132,7 @@ def load_cfg(cfg: str | Path | Sequence[Section]) -> list[Section]:
 
 def stock_cfg(name: str) -> Path:
     """Path of a cfg shipped in the package: `yolov2-tiny-voc`, `yolov2-voc`, `yolov2-tiny-synth`."""
-    p = Path(__file__).parent / "cfg" / (name if name.endswith(".cfg") else name + ".cfg")
+    p = Path(__file__).parent / "cfgs" / (name if name.endswith(".cfg") else name + ".cfg")
     if not p.exists():
         known = sorted(f.stem for f in p.parent.glob("*.cfg"))
         raise CfgError(f"no shipped cfg named '{name}'; known: {', '.join(known)}")

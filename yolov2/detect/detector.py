@@ -3,10 +3,10 @@
 Reference: darknet `examples/detector.c` (`test_detector`, `validate_detector`), `src/network.c`
 (`network_predict`, `get_network_boxes`), `src/image.c` (`letterbox_image`, `draw_detections`).
 The pipeline: image -> letterbox (or plain resize) to the network size -> network -> region
-activation -> `yolov2.postprocess.detections_from_output` (boxes, letterbox undo, NMS).
+activation -> `yolov2.detect.postprocess.detections_from_output` (boxes, letterbox undo, NMS).
 
-Images are (H, W, 3) RGB, uint8 or float32 in [0, 1] (`yolov2.image`). The results are
-`yolov2.postprocess.Detections`, one per image: **pixel centre-size** boxes of the original image
+Images are (H, W, 3) RGB, uint8 or float32 in [0, 1] (`yolov2.data.image`). The results are
+`yolov2.detect.postprocess.Detections`, one per image: **pixel centre-size** boxes of the original image
 (darknet's `relative=0` values), with `xyxy` pixel corners and `comp4_corners` VOC's 1-based ones.
 """
 
@@ -25,18 +25,18 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from yolov2.cfg import CfgError
+from yolov2.darknet.cfg import CfgError
+from yolov2.darknet.model import Darknet
+from yolov2.darknet.region import activate
+from yolov2.darknet.weights import WeightsError
+from yolov2.data.image import ImageError, letterbox_image, read_image, resize_image
 from yolov2.data.labels import read_class_names
 from yolov2.data.voc import VOC_CLASSES, DatasetError, read_image_set
-from yolov2.evaluate import RESULT_PREFIX
-from yolov2.image import ImageError, letterbox_image, read_image, resize_image
-from yolov2.model import Darknet
-from yolov2.postprocess import Detections, detections_from_output
-from yolov2.region import activate
-from yolov2.viz import class_color
-from yolov2.weights import WeightsError
+from yolov2.detect.draw import draw_boxes
+from yolov2.detect.evaluate import RESULT_PREFIX
+from yolov2.detect.postprocess import Detections, detections_from_output
 
-PRECISIONS = ("fp32", "bf16")  # the forward's number formats (yolov2.infer); see Detector.forward
+PRECISIONS = ("fp32", "bf16")  # the forward's number formats (yolov2.darknet.infer); see Detector.forward
 NMS_KINDS = ("sort", "obj")
 
 
@@ -104,31 +104,6 @@ def detections_to_json(paths: Sequence[str], dets: Sequence[Detections], class_n
     return json.dumps([{"image": str(p), "width": d.width, "height": d.height,
                         "detections": d.to_json(class_names)} for p, d in zip(paths, dets, strict=True)],
                       indent=1)
-
-
-# --------------------------------------------------------------------------- drawing
-
-
-def draw_boxes(image: np.ndarray, dets: Detections, class_names: Sequence[str]) -> np.ndarray:
-    """(H, W, 3) RGB (float in [0, 1] or uint8) -> uint8 BGR copy with labelled boxes (cv2)."""
-    if image.dtype != np.uint8:
-        image = (np.clip(image, 0, 1) * 255).astype(np.uint8)  # darknet's save_image truncates too
-    out = np.ascontiguousarray(image[:, :, ::-1])
-    h, w = out.shape[:2]
-    width = max(1, int(h * 0.006))  # darknet's line width
-    scale = max(0.35, h * 0.0012)
-    for (x1, y1, x2, y2), classes in dets.per_box():
-        r, g, b = class_color(classes[0][0], len(class_names))
-        color = (int(255 * b), int(255 * g), int(255 * r))
-        p1 = (int(np.clip(x1, 0, w - 1)), int(np.clip(y1, 0, h - 1)))
-        p2 = (int(np.clip(x2, 0, w - 1)), int(np.clip(y2, 0, h - 1)))
-        cv2.rectangle(out, p1, p2, color, width)
-        text = ", ".join(f"{class_names[c]} {100 * p:.0f}%" for c, p in classes)
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        top = p1[1] - th - base if p1[1] - th - base >= 0 else p1[1]  # above the box if it fits
-        cv2.rectangle(out, (p1[0], top), (p1[0] + tw, top + th + base), color, cv2.FILLED)
-        cv2.putText(out, text, (p1[0], top + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return out
 
 
 # --------------------------------------------------------------------------- commands

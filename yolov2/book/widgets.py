@@ -3,7 +3,7 @@
 Pick an image, a `seen` value and the ignore threshold; see the grid, the anchors, which slots are
 positive (and for which truth), ignored or negative, their IoUs, and every rule's target and scale
 for a chosen slot with darknet's delta there. Everything shown comes from `RegionLoss.explain`
-(`yolov2.assign.assign`, darknet's `forward_region_layer`) and the loss's own gradient: there is
+(`yolov2.loss.assign.assign`, darknet's `forward_region_layer`) and the loss's own gradient: there is
 no second implementation here. ipywidgets is imported when an inspector is made, so importing this
 module does not need it. Figures are drawn on a pyplot-free `Figure` and shown as a PNG in an
 `ipywidgets.Image`: it works the same in Jupyter, in Voila and in a book build, which embeds the
@@ -25,10 +25,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from yolov2.assign import IGNORED, NEGATIVE, POSITIVE, PRIOR_SEEN, Assignment
-from yolov2.loss import RegionLoss
-from yolov2.region import split_entries
-from yolov2.viz import draw_anchor_slots, draw_anchors, draw_grid, draw_slot_states
+from yolov2.book.viz import draw_anchor_slots, draw_anchors, draw_grid, draw_slot_states
+from yolov2.darknet.region import split_entries
+from yolov2.loss.assign import IGNORED, NEGATIVE, POSITIVE, PRIOR_SEEN, Assignment
+from yolov2.loss.region_loss import RegionLoss
 
 STATE_NAMES = {NEGATIVE: "negative", IGNORED: "ignored", POSITIVE: "positive"}
 SUMMARY_CLASS = "yolov2-inspector-summary"  # CSS class of the summary text (the browser test reads it)

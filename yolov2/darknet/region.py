@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from yolov2.cfg import CfgError, Section
+from yolov2.darknet.cfg import CfgError, Section
 
 
 @dataclass(frozen=True)

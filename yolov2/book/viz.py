@@ -4,7 +4,7 @@ grid and anchors, target assignments, precision-recall curves.
 Each takes a matplotlib `ax`, draws on it and returns the artists; nothing is set at import time.
 Class colours are darknet's (`src/image.c`: `get_color`, and `draw_detections`' offset
 `class*123457 % classes`), so a figure matches darknet's `predictions.png`. Assignment figures
-read a `yolov2.assign.Assignment` (darknet's `forward_region_layer` decisions), never recompute it.
+read a `yolov2.loss.assign.Assignment` (darknet's `forward_region_layer` decisions), never recompute it.
 
 `draw_boxes` and the grid/assignment helpers use continuous pixels: pixel column c spans [c, c+1),
 an image of width Wp is shown over [0, Wp] (`extent`), and a box's *pixel corners* `(x0, y0, x1, y1)`
@@ -19,33 +19,17 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.patches import Rectangle
 
-from yolov2.assign import IGNORED, NEGATIVE, POSITIVE
+from yolov2.detect.draw import class_color
+from yolov2.loss.assign import IGNORED, NEGATIVE, POSITIVE
 
 # slot states of an Assignment: negative grey, ignored orange, positive green
 STATE_COLORS = {NEGATIVE: (0.88, 0.88, 0.88), IGNORED: (1.0, 0.62, 0.1), POSITIVE: (0.15, 0.65, 0.25)}
-
-# darknet's colour ramp: magenta, blue, cyan, green, yellow, red
-_RAMP = ((1, 0, 1), (0, 0, 1), (0, 1, 1), (0, 1, 0), (1, 1, 0), (1, 0, 0))
-
-
-def _ramp(c: int, x: int, top: int) -> float:
-    ratio = np.float32(x) / np.float32(top) * np.float32(5)
-    i, j = int(np.floor(ratio)), int(np.ceil(ratio))
-    ratio -= i
-    return float((1 - ratio) * _RAMP[i][c] + ratio * _RAMP[j][c])
-
-
-def class_color(class_id: int, classes: int) -> tuple[float, float, float]:
-    """Darknet's RGB colour (each in [0, 1]) of a class among `classes`."""
-    offset = class_id * 123457 % classes
-    return _ramp(2, offset, classes), _ramp(1, offset, classes), _ramp(0, offset, classes)
-
 
 def draw_detections(ax, image: np.ndarray, dets, class_names: Sequence[str], thresh: float = 0.0,
                     fontsize: float = 8) -> list:
     """Show `image` (H, W, 3) RGB and the boxes of `dets` with class colours and scores.
 
-    dets: a `yolov2.detect.Detections`, or a list of `((x1, y1, x2, y2), [(class, prob), ...])`
+    dets: a `yolov2.detect.detector.Detections`, or a list of `((x1, y1, x2, y2), [(class, prob), ...])`
     (pixel corners). One box per detection, labelled with every class it kept above `thresh`
     ("dog 87%, cat 51%"), coloured by its first class (darknet's colours).
     """
@@ -71,7 +55,7 @@ def plot_pr_curves(ax, curves: Mapping[str, object], aps: Mapping[str, float | N
                    classes: Sequence[str] | None = None, interpolated: bool = True) -> list:
     """Precision against recall per class, from `EvalResult.curves` (and `.ap` for the legend).
 
-    curves: class -> object with `.recall` and `.precision` arrays (`yolov2.evaluate.PRCurve`).
+    curves: class -> object with `.recall` and `.precision` arrays (`yolov2.detect.evaluate.PRCurve`).
     `interpolated` also draws the monotone precision envelope that VOC's AP integrates.
     """
     artists = []
@@ -189,7 +173,7 @@ def draw_anchor_slots(ax, assignment, image_index: int, size: tuple[float, float
                       truths: bool = True, ignored: bool = True,
                       highlight: tuple[int, int, int] | None = None,
                       class_names: Sequence[str] | None = None, fontsize: float = 7) -> list:
-    """What the region layer decided for one image of a batch, from a `yolov2.assign.Assignment`.
+    """What the region layer decided for one image of a batch, from a `yolov2.loss.assign.Assignment`.
 
     Draws the image's truths (thin, colour of the truth row), the predicted box of every positive slot
     (thick, the colour of the truth that owns it, labelled `t·a IoU`), the predicted boxes of ignored

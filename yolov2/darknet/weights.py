@@ -18,17 +18,31 @@ is an error, except a deliberate partial load (`cutoff`), which may leave floats
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from yolov2.model import Convolutional, Darknet
-
 Header = tuple[int, int, int]  # (major, minor, revision)
 SAVE_HEADER: Header = (0, 2, 0)  # what darknet's save_weights always writes
+
+
+class ConvLayer(Protocol):
+    """What a file stores of a conv layer (`yolov2.darknet.layers.Convolutional`)."""
+
+    index: int
+
+    def darknet_params(self) -> dict[str, torch.Tensor]: ...
+
+
+class ConvNet(Protocol):
+    """What this module reads of a network (`yolov2.darknet.model.Darknet`): its conv layers."""
+
+    net_options: object
+
+    def conv_layers(self, cutoff: int | None = None) -> Sequence[ConvLayer]: ...
 
 
 class WeightsError(ValueError):
@@ -74,12 +88,12 @@ def write_weights(path: str | Path, header: Header, seen: int, floats: np.ndarra
         f.write(np.ascontiguousarray(floats, "<f4").tobytes())
 
 
-def layer_floats(layer: Convolutional) -> int:
+def layer_floats(layer: ConvLayer) -> int:
     """How many floats a conv layer stores in a `.weights` file."""
     return sum(t.numel() for t in layer.darknet_params().values())
 
 
-def _count_error(path: Path, net: Darknet, cutoff: int | None, need: int, have: int) -> WeightsError:
+def _count_error(path: Path, net: ConvNet, cutoff: int | None, need: int, have: int) -> WeightsError:
     cfg = net.net_options.path
     layers = net.conv_layers(cutoff)
     what = f"{len(layers)} conv layers" + (f" below layer {cutoff}" if cutoff is not None else "")
@@ -97,7 +111,7 @@ def _count_error(path: Path, net: Darknet, cutoff: int | None, need: int, have: 
     return WeightsError(msg)
 
 
-def load_darknet_weights(net: Darknet, path: str | Path, cutoff: int | None = None) -> tuple[Header, int]:
+def load_darknet_weights(net: ConvNet, path: str | Path, cutoff: int | None = None) -> tuple[Header, int]:
     """Copy a `.weights` file into `net`'s conv layers (those < cutoff); return (header, seen)."""
     path = Path(path)
     header, seen, floats = read_weights(path)
@@ -115,13 +129,13 @@ def load_darknet_weights(net: Darknet, path: str | Path, cutoff: int | None = No
     return header, seen
 
 
-def darknet_floats(net: Darknet, cutoff: int | None = None) -> np.ndarray:
+def darknet_floats(net: ConvNet, cutoff: int | None = None) -> np.ndarray:
     """The conv layers' (those < cutoff) floats in file order, as one float32 array."""
     parts = [t.detach().to("cpu", torch.float32).reshape(-1)
              for layer in net.conv_layers(cutoff) for t in layer.darknet_params().values()]
     return torch.cat(parts).numpy() if parts else np.zeros(0, np.float32)
 
 
-def save_darknet_weights(net: Darknet, path: str | Path, cutoff: int | None = None) -> None:
+def save_darknet_weights(net: ConvNet, path: str | Path, cutoff: int | None = None) -> None:
     """Darknet's `save_weights_upto`: header 0.2.0, `net.seen` as uint64, conv layers < cutoff."""
     write_weights(path, SAVE_HEADER, net.seen, darknet_floats(net, cutoff))

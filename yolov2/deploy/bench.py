@@ -7,7 +7,8 @@ Paths, all on the same random weights written to a temporary `.weights` file: `o
 (`net.fuse()`: batch norm folded, prepacked oneDNN weights), `bf16` (`net.fuse("bf16")`), `onnxruntime`
 (our ONNX export, threads that sleep when idle), optionally `fused-nopack` (folded, channels_last,
 PyTorch's own conv dispatch), and
-`detect`: the fused forward plus darknet's region decode and NMS (`yolov2.detect.Detector.detect_batch`).
+`detect`: the fused forward plus darknet's region decode and NMS
+(`yolov2.detect.detector.Detector.detect_batch`).
 Each path runs once per round, rounds in random orders, so load from other processes hits all alike; the
 table gives medians. Reference for the FLOP count: darknet `src/convolutional_layer.c` (`l.bflops`).
 
@@ -37,11 +38,12 @@ import torch
 from torch import Tensor
 
 from yolov2 import fast_mode
-from yolov2.cfg import CfgError, Section
+from yolov2.darknet.cfg import CfgError, Section
+from yolov2.darknet.infer import bf16_supported, relative_error
+from yolov2.darknet.layers import Convolutional
+from yolov2.darknet.model import Darknet
+from yolov2.darknet.weights import WeightsError
 from yolov2.data.voc import DatasetError
-from yolov2.infer import bf16_supported, relative_error
-from yolov2.model import Convolutional, Darknet
-from yolov2.weights import WeightsError
 
 MODELS = {"tiny": "yolov2-tiny-voc", "voc": "yolov2-voc"}
 PATHS = ("opencv", "plain", "fused", "bf16", "onnxruntime", "detect")
@@ -132,7 +134,7 @@ def _paths(net: Darknet, paths: list[str], tmp: Path, size: int, threads: int) -
         if name in paths and (name != "bf16" or bf16_supported()):
             fns[name] = make()
     if "onnxruntime" in paths:
-        from yolov2.export import export_onnx, onnx_session, run_onnx
+        from yolov2.deploy.export import export_onnx, onnx_session, run_onnx
 
         session = onnx_session(export_onnx(net, tmp / "model.onnx", (size, size)), threads, spin=False)
         fns["onnxruntime"] = lambda x: run_onnx(session, x)
@@ -148,7 +150,7 @@ def _same_call(f: Callable) -> Callable:
 
 
 def _detect(net: Darknet) -> Callable:
-    from yolov2.detect import Detector
+    from yolov2.detect.detector import Detector
 
     detector = Detector(net, thresh=0.5)  # detect's defaults: fp32, fused
 
@@ -203,12 +205,12 @@ def map_by_precision(cfg: str | Path, weights: str | Path, voc_root: str | Path,
     voc_root: a devkit folder (`VOC{year}/...`), e.g. `python -m yolov2 synth`'s; class names from
     `voc_root/classes.names` when present, else VOC's. limit: only the first `limit` images of the set.
     """
+    from yolov2.data.image import read_image
     from yolov2.data.labels import read_class_names
     from yolov2.data.voc import VOC_CLASSES
-    from yolov2.detect import Detector
-    from yolov2.evaluate import evaluate_detections, load_annotations
-    from yolov2.image import read_image
-    from yolov2.postprocess import results_from_detections
+    from yolov2.detect.detector import Detector
+    from yolov2.detect.evaluate import evaluate_detections, load_annotations
+    from yolov2.detect.postprocess import results_from_detections
 
     net = Darknet(cfg).eval()
     net.load_weights(weights)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from yolov2.settings import TrainError
+from yolov2.train.settings import TrainError
 
 
 @dataclass

@@ -4,9 +4,9 @@ Reference: darknet examples/detector.c (`train_detector`, and `validate_detector
 afterwards), src/network.c (`train_networks` for `-gpus`).
 
 This module is the public face of training: :func:`train` (one run, start to finish), :func:`voc_map`
-and the `python -m yolov2 train` command line. The loop itself is :class:`yolov2.trainer.Trainer`,
-the run's settings and recipes :mod:`yolov2.settings`, devices and ranks :mod:`yolov2.runtime`;
-their public names are imported here too, so `from yolov2.train import Trainer, Settings` works.
+and the `python -m yolov2 train` command line. The loop itself is :class:`yolov2.train.trainer.Trainer`,
+the run's settings and recipes :mod:`yolov2.train.settings`, devices and ranks :mod:`yolov2.train.runtime`;
+their public names are imported here too, so `from yolov2.train.command import Trainer, Settings` works.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from yolov2.cfg import CfgError
-from yolov2.checkpoint import EVAL, SETTINGS, CheckpointError, prepare_run_dir, read_log
-from yolov2.detect import Detector
-from yolov2.evaluate import evaluate_detections, load_annotations
-from yolov2.image import load_image
-from yolov2.model import Darknet
-from yolov2.postprocess import results_from_detections
-from yolov2.runtime import Runtime, init_runtime
-from yolov2.settings import (
+from yolov2.darknet.cfg import CfgError
+from yolov2.darknet.model import Darknet
+from yolov2.data.image import load_image
+from yolov2.detect.detector import Detector
+from yolov2.detect.evaluate import evaluate_detections, load_annotations
+from yolov2.detect.postprocess import results_from_detections
+from yolov2.train.checkpoint import EVAL, SETTINGS, CheckpointError, prepare_run_dir, read_log
+from yolov2.train.runtime import Runtime, init_runtime
+from yolov2.train.settings import (
     RECIPES,
     Settings,
     TrainError,
@@ -42,7 +42,7 @@ from yolov2.settings import (
     resolve,
     training_batch,
 )
-from yolov2.trainer import Trainer, json_dumps
+from yolov2.train.trainer import Trainer, json_dumps
 
 __all__ = ["RECIPES", "Runtime", "Settings", "TrainError", "TrainResult", "Trainer", "main", "make_schedule",
            "read_log", "resolve", "train", "training_batch", "voc_map"]
@@ -87,8 +87,9 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
 
 def voc_map(net, data: str | Path, image_set: str = "2007:test", names: list[str] | None = None,
             size: int | None = None, device: str | torch.device | None = None, batch_size: int = 16):
-    """VOC07 mAP (a `yolov2.evaluate.EvalResult`) of `net` on a VOC image set, as darknet's `valid` sees
-    it (letterbox, thresh .005, NMS .45 on pixel boxes) at `size` (default: the cfg's width)."""
+    """VOC07 mAP (a `yolov2.detect.evaluate.EvalResult`) of `net` on a VOC image set, as darknet's
+    `valid` sees it (letterbox, thresh .005, NMS .45 on pixel boxes) at `size` (default: the cfg's
+    width)."""
     (year, iset), = parse_sets(image_set)
     annotations = load_annotations(data, year, iset)
     names = names or class_names(Path(data))

@@ -3,7 +3,7 @@
 Reference: darknet `src/region_layer.c` (`forward_region_layer`, `backward_region_layer_gpu`),
 and ../shared/golden/README.md ("Sign of delta and the implicit loss"). Darknet never writes a
 loss down: it writes a delta (minus the gradient). The loss here is the one whose gradient is
-that delta, with every target and scale a constant (the rules are in `yolov2.assign`):
+that delta, with every target and scale a constant (the rules are in `yolov2.loss.assign`):
 
     L = Σ_slots ½·s_coord·Σ_{x,y,w,h} (t − p)²        p = σ(z_x), σ(z_y), z_w, z_h
       + Σ_slots ½·s_obj·(t_obj − σ(z_obj))²
@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from yolov2.assign import Assignment, RegionParams, Workspace, assign, prior_pull, used_rows, used_truths
-from yolov2.region import RegionConfig, split_entries
+from yolov2.darknet.region import RegionConfig, split_entries
+from yolov2.loss.assign import Assignment, RegionParams, Workspace, assign, prior_pull, used_truths
 
 STAT_KEYS = ("avg_iou", "class", "obj", "no_obj", "avg_recall", "count")
 
@@ -77,7 +77,7 @@ def check_inputs(logits: Tensor, truth: Tensor, num_anchors: int, num_classes: i
     """Raise ValueError for inputs that would give silently wrong gradients.
 
     logits: (N, A*(5+C), H, W) finite; truth: (N, T, 5), the used rows (see
-    `yolov2.assign.used_truths`) with 0 < x < 1, 0 <= y < 1, 0 < w, h <= 1 and an integer class
+    `yolov2.loss.assign.used_truths`) with 0 < x < 1, 0 <= y < 1, 0 < w, h <= 1 and an integer class
     in [0, C). The checks cost one host-device synchronisation on CUDA.
     """
     want = num_anchors * (5 + num_classes)
@@ -187,15 +187,6 @@ class _ClosedForm(torch.autograd.Function):
         return grad.view(ctx.shape).to(ctx.dtype), None, None, None, None
 
 
-def class_index(a: Assignment, num_classes: int, h: int, w: int, rows: int) -> Tensor:
-    """(N, R, C) positions in z.flatten(1) (z: (N, A, 5+C, H, W)) of the class logits at the
-    slots of the first R = rows truth rows; slot 0 for rows that are not valid."""
-    k = 5 + num_classes
-    slot = a.slot[:, :rows].clamp(min=0)[..., None]  # (N, R, 1) = anchor*H*W + cell
-    classes = torch.arange(5, k, device=slot.device)
-    return (slot // (h * w) * k + classes) * (h * w) + slot % (h * w)
-
-
 def region_stats(prob: Tensor, a: Assignment) -> RegionStats:
     """Darknet's printed diagnostics from the class softmax at the slots of the first R truth rows
     (N, R, C; rows past R unused) and the assignment (σ(z_obj) is `a.output[:, :, 4]`).
@@ -232,7 +223,7 @@ class RegionLoss(nn.Module):
     this batch (darknet's `*net.seen`), an int or a 0-d tensor on the device. Returns the loss
     summed over the batch; `self.stats` then holds darknet's printed diagnostics of the batch
     (:class:`RegionStats`, e.g. `loss_fn.stats["avg_iou"]`). `explain(...)` returns the
-    :class:`yolov2.assign.Assignment` the loss is computed from.
+    :class:`yolov2.loss.assign.Assignment` the loss is computed from.
 
     validate=True checks the inputs first (:func:`check_inputs`: one host-device sync on CUDA);
     turn it off in a training loop whose data are already checked. The loss itself never
@@ -268,14 +259,14 @@ class RegionLoss(nn.Module):
                    cfg.coord_scale, cfg.thresh, cfg.rescore, cfg.bias_match, validate)
 
     def explain(self, logits: Tensor, truth: Tensor, seen: int | Tensor) -> Assignment:
-        """The :class:`yolov2.assign.Assignment` (every decision, target and scale) of a batch."""
+        """The :class:`yolov2.loss.assign.Assignment` (every decision, target and scale) of a batch."""
         if self.validate:
             check_inputs(logits, truth, self.anchors.shape[0], self.num_classes)
         return assign(logits, truth, seen, self.anchors, self.params, self.prior(*logits.shape[2:]),
                       self._workspace)
 
     def prior(self, h: int, w: int) -> Tensor:
-        """`yolov2.assign.prior_pull` for this grid, kept until the grid or the anchors change."""
+        """`yolov2.loss.assign.prior_pull` for this grid, kept until the grid or the anchors change."""
         key = (h, w, self.anchors.data_ptr(), self.anchors._version, self.anchors.device)
         if self._prior is None or self._prior[0] != key:
             self._prior = (key, prior_pull(self.anchors, h, w))
@@ -292,7 +283,7 @@ class RegionLoss(nn.Module):
             z = split_entries(logits.detach(), self.anchors.shape[0]).float()  # (N, A, 5+C, H, W)
             n, _, k, h, w = z.shape
             # the class logits of the truth rows any image uses (on CUDA all rows: no sync)
-            index = class_index(a, k - 5, h, w, used_rows(a.valid)).flatten(1)  # (N, R*C)
+            index = a.class_index(k - 5).flatten(1)  # (N, R*C)
             cls = z.flatten(1).gather(1, index).view(n, -1, k - 5)  # (N, R, C)
             grad5 = z.new_empty(n, self.anchors.shape[0], 5, h, w)  # ∂L/∂ entries 0-4
             coord, _ = coord_term(a, out=grad5[:, :, 0:4])

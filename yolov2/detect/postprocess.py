@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from yolov2.boxes import box_iou_matrix
-from yolov2.evaluate import ClassDetections
-from yolov2.image import letterbox_geometry
-from yolov2.region import pred_boxes, split_entries
+from yolov2.darknet.boxes import box_iou_matrix
+from yolov2.darknet.region import pred_boxes, split_entries
+from yolov2.data.image import letterbox_geometry
+from yolov2.detect.evaluate import ClassDetections
 
 
 def _f32(v: float) -> Tensor:
@@ -357,7 +357,7 @@ def results_from_detections(dets: Mapping[str, Detections],
     """What `valid` writes, in memory: image id -> Detections to class -> ClassDetections.
 
     Boxes are VOC 1-based clipped corners (`comp4_corners`), rows in file order (image, then
-    darknet's detection order), so `yolov2.evaluate` sees the same detections as from the files.
+    darknet's detection order), so `yolov2.detect.evaluate` sees the same detections as from the files.
     """
     rows: dict[str, list] = {c: [] for c in class_names}
     for image_id, d in dets.items():

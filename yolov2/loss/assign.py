@@ -2,7 +2,7 @@
 
 Reference: darknet `src/region_layer.c` (`forward_region_layer`, `get_region_box`,
 `delta_region_box`, `delta_region_class`) and `src/box.c` (`box_iou`). The loss in
-`yolov2.loss` is computed from the :class:`Assignment` returned here, and so are the book's
+`yolov2.loss.region_loss` is computed from the :class:`Assignment` returned here, and so are the book's
 figures: there is one implementation.
 
 Conventions. A *slot* is (image b, anchor n, row j, column i); slot tensors are (N, A, H, W).
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from yolov2.boxes import box_iou_outer
-from yolov2.region import grid, split_entries
+from yolov2.darknet.boxes import box_iou_outer
+from yolov2.darknet.region import grid, split_entries
 
 NEGATIVE, IGNORED, POSITIVE = 0, 1, 2  # Assignment.state values
 MAX_TRUTHS = 30  # forward_region_layer hard-codes 30 (cfg `max` is parsed, not used)
@@ -84,6 +84,7 @@ class Assignment:
     - overwritten: bool, a later truth took the same slot (this row still counts in the stats).
     - truth_iou: IoU of its slot's prediction with it (darknet's Avg IOU term), 0 if not valid.
 
+    rows: how many leading truth rows the IoU table and the class term read (:func:`used_rows`).
     prior_active: seen < 12800 (a bool, or a 0-d bool tensor when seen was a tensor).
     params: the `[region]` numbers the rules used.
     """
@@ -105,6 +106,7 @@ class Assignment:
     slot: Tensor
     overwritten: Tensor
     truth_iou: Tensor
+    rows: int
     prior_active: bool | Tensor
     params: RegionParams
 
@@ -147,6 +149,15 @@ class Assignment:
     def class_scale(self) -> Tensor:
         """(N, A, H, W) class_scale at positives, 0 elsewhere."""
         return torch.where(self.positive, self.params.class_scale, 0.0)
+
+    def class_index(self, num_classes: int) -> Tensor:
+        """(N, R, C) positions in z.flatten(1) (z: (N, A, 5+C, H, W)) of the class logits at the
+        slots of the first R = `rows` truth rows; slot 0 for rows that are not valid."""
+        h, w = self.truth_index.shape[2:]
+        k = 5 + num_classes
+        slot = self.slot[:, :self.rows].clamp(min=0)[..., None]  # (N, R, 1) = anchor*H*W + cell
+        classes = torch.arange(5, k, device=slot.device)
+        return (slot // (h * w) * k + classes) * (h * w) + slot % (h * w)
 
 
 def used_truths(truth: Tensor) -> tuple[Tensor, Tensor]:
@@ -359,7 +370,7 @@ def assign(logits: Tensor, truth: Tensor, seen: int | Tensor, anchors: Tensor,
     or a 0-d tensor on the device); anchors: (A, 2) grid cells; prior: `prior_pull(anchors, H, W)`
     if the caller keeps it, else computed here; workspace: scratch memory a caller keeps between
     batches (RegionLoss keeps both). Inputs are assumed valid
-    (`yolov2.loss.check_inputs`). No gradient, and no host-device synchronisation when truth,
+    (`yolov2.loss.region_loss.check_inputs`). No gradient, and no host-device synchronisation when truth,
     anchors and a tensor `seen` already live on the logits' device.
     """
     anchors = torch.as_tensor(anchors, dtype=torch.float32, device=logits.device)
@@ -410,6 +421,6 @@ def assign(logits: Tensor, truth: Tensor, seen: int | Tensor, anchors: Tensor,
             truth_index=slots(owner), best_iou=slots(best), ignore=slots(ignore), coord_target=coord_t,
             coord_scale=slots(coord_s), obj_target=slots(obj_t), obj_scale=slots(obj_s), output=output,
             pred=pred, truth=truth, valid=valid, cell_i=cell_i, cell_j=cell_j, best_anchor=best_n,
-            slot=torch.where(valid, slot, -1), overwritten=overwritten, truth_iou=truth_iou,
+            slot=torch.where(valid, slot, -1), overwritten=overwritten, truth_iou=truth_iou, rows=k,
             prior_active=active, params=params,
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolov2.cfg import parse_cfg
+from yolov2.darknet.cfg import parse_cfg
 
 FORMAT = "yolov2-train-checkpoint"
 VERSION = 1
@@ -112,7 +112,7 @@ def make_checkpoint(*, fingerprint: str, model: dict, optimizer: dict, seen: int
     """The checkpoint dict (every value a tensor or primitive container).
 
     progress: where the run stands besides `seen` and `step` (data order: sampler epoch and batch
-    index; running averages); settings: the resolved run settings (:func:`yolov2.train.train`).
+    index; running averages); settings: the resolved run settings (:func:`yolov2.train.command.train`).
     """
     return {"format": FORMAT, "version": VERSION, "fingerprint": fingerprint, "model": model,
             "optimizer": optimizer, "scaler": scaler or {}, "seen": int(seen), "step": int(step),

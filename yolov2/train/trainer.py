@@ -7,7 +7,7 @@ One *iteration* is darknet's: `subdivisions` forwards of batch/subdivisions imag
 accumulated, then one update. Before each forward `seen` grows by that forward's images on every
 rank (darknet: `*net->seen += net->batch` before `forward_network`) and the loss gets that value, so
 the `seen < 12800` prior switches off where darknet's does. batch_num = seen // batch drives the
-rate and the stop at `max_batches`. The run's settings and recipes: :mod:`yolov2.settings`.
+rate and the stop at `max_batches`. The run's settings and recipes: :mod:`yolov2.train.settings`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from yolov2.checkpoint import (
+from yolov2.darknet.model import Darknet
+from yolov2.data.augment import Augmenter
+from yolov2.data.dataset import DetectionDataset, MultiScaleBatchSampler, collate, worker_init
+from yolov2.data.voc import load_voc
+from yolov2.loss.region_loss import RegionLoss
+from yolov2.train.checkpoint import (
     CHECKPOINT,
     LOG,
     PLOT,
@@ -38,14 +43,17 @@ from yolov2.checkpoint import (
     read_log,
     set_rng_state,
 )
-from yolov2.data.augment import Augmenter
-from yolov2.data.dataset import DetectionDataset, MultiScaleBatchSampler, collate, worker_init
-from yolov2.data.voc import load_voc
-from yolov2.loss import RegionLoss
-from yolov2.model import Darknet
-from yolov2.runtime import Runtime, all_sum, autocast, now, seed_everything
-from yolov2.schedule import Schedule, darknet_sgd, set_rate
-from yolov2.settings import RECIPES, Settings, TrainError, TrainResult, class_names, make_schedule, resolve
+from yolov2.train.runtime import Runtime, all_sum, autocast, now, seed_everything
+from yolov2.train.schedule import Schedule, darknet_sgd, set_rate
+from yolov2.train.settings import (
+    RECIPES,
+    Settings,
+    TrainError,
+    TrainResult,
+    class_names,
+    make_schedule,
+    resolve,
+)
 
 
 class DarknetSizes(MultiScaleBatchSampler):

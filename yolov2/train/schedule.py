@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from yolov2.cfg import CfgError, Section
+from yolov2.darknet.cfg import CfgError, Section
 
 POLICIES = ("constant", "step", "steps", "exp", "poly", "sigmoid")
 f32 = np.float32

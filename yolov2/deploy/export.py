@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from yolov2.cfg import CfgError
-from yolov2.infer import FusedReorg, relative_error
-from yolov2.model import Darknet
-from yolov2.region import activate, pred_boxes, split_entries
-from yolov2.weights import WeightsError
+from yolov2.darknet.cfg import CfgError
+from yolov2.darknet.infer import FusedReorg, relative_error
+from yolov2.darknet.model import Darknet
+from yolov2.darknet.region import activate, pred_boxes, split_entries
+from yolov2.darknet.weights import WeightsError
 
 OPSET = 17
 

@@ -2,7 +2,7 @@
 
 Reference: darknet `src/box.c` (`overlap`, `box_intersection`, `box_union`, `box_iou`).
 Boxes here are **centre-size** `(x, y, w, h)` in any one unit (normalised, grid cells or pixels)
-unless a name says `xyxy` (corners). VOC's +1 pixel convention lives in `yolov2.evaluate`, not here.
+unless a name says `xyxy` (corners). VOC's +1 pixel convention lives in `yolov2.detect.evaluate`, not here.
 """
 
 from __future__ import annotations

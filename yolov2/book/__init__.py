@@ -1,0 +1,4 @@
+"""The book's helpers: figures (`viz`) and the target-assignment inspector (`widgets`).
+
+They build on the package's parts; nothing in the package imports them.
+"""
