@@ -149,3 +149,30 @@ def test_importing_viz_sets_nothing_up():
             "print(json.dumps(['matplotlib.pyplot' in sys.modules, rc() == before]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == [False, True]
+
+
+def test_book_style_and_figure_problems():
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from yolov2.book.viz import BOOK_STYLE, COLUMN_WIDTH, MIN_FONT, figure_problems, use_book_style
+
+    saved = dict(matplotlib.rcParams)
+    try:
+        use_book_style()
+        assert all(matplotlib.rcParams[k] == v or k == "figure.figsize" for k, v in BOOK_STYLE.items())
+        fig = Figure()  # the style's default size: the column's width
+        ax = fig.subplots()
+        ax.set(xlabel="x", ylabel="y", title="t")
+        ax.plot([0, 1], label="a")
+        ax.legend()
+        assert tuple(fig.get_size_inches()) == (COLUMN_WIDTH, 3.5)
+        assert figure_problems(fig) == []
+        ax.text(0, 0, "tiny", fontsize=MIN_FONT - 1)
+        wide = Figure(figsize=(COLUMN_WIDTH + 1, 3))
+        wide.subplots().set_title("wide")
+        assert figure_problems(fig) == [f"text at {MIN_FONT - 1:g} pt (at least {MIN_FONT:g} pt)"]
+        want = f"{COLUMN_WIDTH + 1:.1f} in wide (the column is {COLUMN_WIDTH:g} in)"
+        assert figure_problems(wide) == [want]
+    finally:
+        matplotlib.rcParams.update(saved)

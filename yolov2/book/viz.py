@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.patches import Rectangle
+from matplotlib.text import Text
 
 from yolov2.detect.draw import class_color
 from yolov2.loss.assign import IGNORED, NEGATIVE, POSITIVE
@@ -25,8 +27,45 @@ from yolov2.loss.assign import IGNORED, NEGATIVE, POSITIVE
 # slot states of an Assignment: negative grey, ignored orange, positive green
 STATE_COLORS = {NEGATIVE: (0.88, 0.88, 0.88), IGNORED: (1.0, 0.62, 0.1), POSITIVE: (0.15, 0.65, 0.25)}
 
+# --------------------------------------------------------------------------- the book's figure style
+
+COLUMN_WIDTH = 7.0  # inches: the book's text column is ~700 px wide at a 1280 px window, at 100 dpi
+DPI = 100
+MIN_FONT = 9.0  # points: the smallest text a figure may show at the column's width
+# Every chapter calls use_book_style() once; figures are then sized in inches of the column.
+BOOK_STYLE = {
+    "figure.dpi": DPI, "savefig.dpi": DPI, "figure.figsize": (COLUMN_WIDTH, 3.5),
+    "figure.constrained_layout.use": True,
+    "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "figure.titlesize": 11,
+    "xtick.labelsize": MIN_FONT, "ytick.labelsize": MIN_FONT, "legend.fontsize": MIN_FONT,
+    "legend.title_fontsize": MIN_FONT,
+}
+
+
+def use_book_style() -> None:
+    """Set matplotlib's defaults to the book's: 100 dpi, the column's width, fonts >= 9 pt.
+
+    A function the chapters call, not an import side effect (STYLE.md: nothing set at import time).
+    """
+    matplotlib.rcParams.update(BOOK_STYLE)
+
+
+def figure_problems(fig) -> list[str]:
+    """What would make `fig` hard to read at the column's width: wider than COLUMN_WIDTH inches, or
+    a visible text smaller than MIN_FONT points. An empty list when it reads well."""
+    problems = []
+    width = fig.get_size_inches()[0]
+    if width > COLUMN_WIDTH + 1e-6:
+        problems.append(f"{width:.1f} in wide (the column is {COLUMN_WIDTH:g} in)")
+    small = sorted({round(t.get_fontsize(), 1) for t in fig.findobj(Text)
+                    if t.get_visible() and t.get_text().strip() and t.get_fontsize() < MIN_FONT})
+    if small:
+        problems.append(f"text at {', '.join(f'{v:g}' for v in small)} pt (at least {MIN_FONT:g} pt)")
+    return problems
+
+
 def draw_detections(ax, image: np.ndarray, dets, class_names: Sequence[str], thresh: float = 0.0,
-                    fontsize: float = 8) -> list:
+                    fontsize: float = MIN_FONT) -> list:
     """Show `image` (H, W, 3) RGB and the boxes of `dets` with class colours and scores.
 
     dets: a `yolov2.detect.detector.Detections`, or a list of `((x1, y1, x2, y2), [(class, prob), ...])`
@@ -97,7 +136,7 @@ def _show_image(ax, image: np.ndarray) -> object:
 
 def draw_boxes(ax, image: np.ndarray | None, corners, ids: Sequence[int], class_names: Sequence[str],
                dashed: Sequence[bool] | None = None, labels: bool = False, linewidth: float = 1.5,
-               fontsize: float = 7) -> list:
+               fontsize: float = MIN_FONT) -> list:
     """Ground-truth boxes, coloured by class (darknet's colours), on `image` (H, W, 3) RGB in [0, 1].
 
     corners: (K, 4) pixel corners `(x0, y0, x1, y1)` (continuous: pixel i spans [i, i+1)); ids: K class
@@ -137,7 +176,7 @@ def _tab10(k: int) -> tuple:
 
 
 def draw_anchors(ax, anchors, h: int, w: int, cell: tuple[int, int], size: tuple[float, float] | None = None,
-                 labels: bool = True, linewidth: float = 1.5, fontsize: float = 7) -> list:
+                 labels: bool = True, linewidth: float = 1.5, fontsize: float = MIN_FONT) -> list:
     """Each anchor's box centred on cell `(i, j)` (column, row) of an H x W grid.
 
     anchors: (A, 2) `(w, h)` in grid cells (as in a cfg); size: (width, height) of the image in
@@ -172,7 +211,7 @@ def truth_color(t: int) -> tuple:
 def draw_anchor_slots(ax, assignment, image_index: int, size: tuple[float, float] | None = None,
                       truths: bool = True, ignored: bool = True,
                       highlight: tuple[int, int, int] | None = None,
-                      class_names: Sequence[str] | None = None, fontsize: float = 7) -> list:
+                      class_names: Sequence[str] | None = None, fontsize: float = MIN_FONT) -> list:
     """What the region layer decided for one image of a batch, from a `yolov2.loss.assign.Assignment`.
 
     Draws the image's truths (thin, colour of the truth row), the predicted box of every positive slot
@@ -219,7 +258,7 @@ def draw_anchor_slots(ax, assignment, image_index: int, size: tuple[float, float
 
 
 def draw_slot_states(ax, assignment, image_index: int, anchor: int, annotate_above: float | None = 0.3,
-                     highlight: tuple[int, int] | None = None, fontsize: float = 6) -> list:
+                     highlight: tuple[int, int] | None = None, fontsize: float = MIN_FONT) -> list:
     """One anchor's H x W slots coloured by state (negative grey, ignored orange, positive green).
 
     Negative slots are shaded darker the closer their best IoU is to the image's truths; slots that
