@@ -98,13 +98,14 @@ def darknet_update(params, updates, grads, decayed, rate, momentum, decay, batch
 
 
 def test_darknet_sgd_equals_darknets_update():
-    model, batch, momentum, decay = toy_model(), 8, 0.9, 0.0005
+    # darknet's decay and rates are float32 values (net->decay, get_current_rate)
+    model, batch, momentum, decay = toy_model(), 8, 0.9, float(np.float32(0.0005))
     opt = darknet_sgd(model, momentum, decay, batch)
     decayed = {n: n in ("0.weight", "3.weight") for n, _ in model.named_parameters()}
     params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
     updates = {n: np.zeros_like(p) for n, p in params.items()}
     gen = torch.Generator().manual_seed(1)
-    for rate in (1e-3, 1e-2, 5e-3, 5e-3, 1e-4):  # a changing rate, as burn_in and steps do
+    for rate in map(float, np.float32([1e-3, 1e-2, 5e-3, 5e-3, 1e-4])):  # as burn_in and steps do
         x = torch.randn(batch, 2, 6, 6, generator=gen, dtype=torch.float64)
         loss = (model(x) ** 2).sum()  # summed over the batch, like the region loss
         opt.zero_grad()
