@@ -209,7 +209,8 @@ class Trainer:
         if rt.world > 1:
             ids = [rt.device.index] if rt.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
-        self.loss_fn = RegionLoss.from_region(self.net.region, validate=False).to(rt.device)
+        checked = self.batches is None  # the loader's truths are checked already, not the caller's
+        self.loss_fn = RegionLoss.from_region(self.net.region, validate=not checked).to(rt.device)
         if self.darknet:
             opt = self.net.net_options
             self.opt = darknet_sgd(self.net, opt.get_float("momentum", 0.9), opt.get_float("decay", 0.0001),
@@ -308,8 +309,9 @@ class Trainer:
                 break
             except StopIteration:  # a list starts over; an exhausted iterator stays empty
                 if attempt or self.batch_in_epoch == 0:
-                    raise TrainError(f"the batch source ran out at seen {self.seen} (epoch {self.epoch}, "
-                                     f"after {self.batch_in_epoch} batches)") from None
+                    raise TrainError(f"the batch source ran out at seen {self.seen}: "
+                                     + ("it gave no batches" if not attempt else "an iterator that "
+                                        "ended (a list, or any re-iterable, starts over instead)")) from None
                 self._it, self.epoch, self.batch_in_epoch = None, self.epoch + 1, 0
         where = f"batch {self.batch_in_epoch} of the batch source (epoch {self.epoch})"
         if not isinstance(item, (tuple, list)) or len(item) != 2:
