@@ -134,9 +134,11 @@ def replay(d: dict, folder: Path, device: str = "cpu") -> Worst:
         close(f"region_delta_logit, {phase}[{k}]", -f.grad.cpu(), d["region_delta_logit"][k], atol, 0, worst)
         assert delta.shape == shape and f.logits.shape[0] == b
         close(f"cost, {phase}[{k}]", delta.double().square().sum(), d["cost"][k], 0, COST_RTOL[after], worst)
-        ours, theirs = printed_numbers(str(f.stats)), printed_numbers(printed[k])
+        ours, theirs = np.array(printed_numbers(str(f.stats))), np.array(printed_numbers(printed[k]))
         assert ours[-1] == theirs[-1], f"forward {k}: count {ours[-1]}, darknet {theirs[-1]}"
-        close(f"region_printed[{k}]", ours[:-1], theirs[:-1], 1e-5, 0, worst)  # %f: 6 decimals
+        assert np.array_equal(np.isnan(ours), np.isnan(theirs)), (str(f.stats), printed[k])  # -nan
+        close(f"region_printed[{k}]", np.nan_to_num(ours[:-1]), np.nan_to_num(theirs[:-1]), 1e-5, 0,
+              worst)  # printed with %f: 6 decimals
         if f.updated:
             check_update(t, d, updates, k, pre, momentum, worst)
             updates += 1
