@@ -97,6 +97,19 @@ def test_golden_cases_cover_the_situations():
     assert d["p05"]["input"].shape[2:] == (10, 13)  # H = 10, W = 13
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_delta_and_cost_are_darknets(name):
+    """`delta` is darknet's activation-space l.delta; its squared sum is darknet's *l.cost."""
+    with np.load(shared_path("golden", "region", CASES[name]["file"]), allow_pickle=False) as d:
+        loss_fn = RegionLoss(d["anchors"].reshape(-1, 2), 20)
+        delta = loss_fn.delta(torch.tensor(d["input"]), torch.tensor(d["truth"]), int(d["seen"]))
+        # measured <= 2.4e-7 (deltas up to ~5: a few float32 ulps)
+        torch.testing.assert_close(delta, torch.tensor(d["delta_act"]), atol=1e-6, rtol=0)
+        # darknet sums 1e4-1e5 squares in float32 (mag_array, then pow 2): measured <= 2.6e-6 relative
+        cost = delta.double().square().sum().item()
+        assert cost == pytest.approx(float(d["cost"]), rel=2e-5)
+
+
 def test_lazy_export_and_from_region():
     section = next(s for s in parse_cfg(stock_cfg("yolov2-tiny-voc")) if s.type == "region")
     loss_fn = yolov2.RegionLoss.from_region(RegionConfig.from_section(section))

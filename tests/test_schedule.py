@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from yolov2.darknet.cfg import CfgError, parse_cfg, parse_cfg_text, stock_cfg
-from yolov2.train.schedule import Schedule, darknet_sgd, set_rate
+from yolov2.train.schedule import Schedule, darknet_sgd, set_rate, update_due
 
 
 def net_section(text: str):
@@ -98,13 +98,14 @@ def darknet_update(params, updates, grads, decayed, rate, momentum, decay, batch
 
 
 def test_darknet_sgd_equals_darknets_update():
-    model, batch, momentum, decay = toy_model(), 8, 0.9, 0.0005
+    # darknet's decay and rates are float32 values (net->decay, get_current_rate)
+    model, batch, momentum, decay = toy_model(), 8, 0.9, float(np.float32(0.0005))
     opt = darknet_sgd(model, momentum, decay, batch)
     decayed = {n: n in ("0.weight", "3.weight") for n, _ in model.named_parameters()}
     params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
     updates = {n: np.zeros_like(p) for n, p in params.items()}
     gen = torch.Generator().manual_seed(1)
-    for rate in (1e-3, 1e-2, 5e-3, 5e-3, 1e-4):  # a changing rate, as burn_in and steps do
+    for rate in map(float, np.float32([1e-3, 1e-2, 5e-3, 5e-3, 1e-4])):  # as burn_in and steps do
         x = torch.randn(batch, 2, 6, 6, generator=gen, dtype=torch.float64)
         loss = (model(x) ** 2).sum()  # summed over the batch, like the region loss
         opt.zero_grad()
@@ -125,3 +126,37 @@ def test_decay_only_on_conv_weights():
     assert opt.param_groups[1]["weight_decay"] == 0
     names = {n for n, p in model.named_parameters() if id(p) in decayed}
     assert names == {"0.weight", "3.weight"}  # not BN scales (1.weight), not biases
+
+
+# --------------------------------------------------------------------------- when darknet updates
+
+
+@pytest.mark.parametrize(("minibatch", "subdivisions", "seen_start", "updates"), [
+    (2, 1, 0, [1, 1, 1]),  # golden T1: every forward (seen 2, 4, 6)
+    (2, 2, 0, [0, 1, 0, 1]),  # seen 2, 4, 6, 8: seen/2 = 1, 2, 3, 4
+    (2, 2, 3, [1, 0, 1, 0, 1]),  # seen 5, 7, 9, 11, 13: seen/2 = 2, 3, 4, 5, 6 -- after one forward
+    (1, 3, 1, [0, 1, 0, 0, 1, 0]),  # seen 2..7: the first update after two forwards
+    (4, 2, 12792, [0, 1, 0, 1]),  # chapter 7's trainer: batch 8 = 2 x 4, 12792 a multiple of 8
+])
+def test_update_follows_seen_not_a_count_of_forwards(minibatch, subdivisions, seen_start, updates):
+    # README: seen += batch before the forward; update if (seen/batch) % subdivisions == 0
+    seen = [seen_start + minibatch * (k + 1) for k in range(len(updates))]
+    assert [int(update_due(s, minibatch, subdivisions)) for s in seen] == updates
+
+
+def test_one_update_in_every_subdivisions_forwards():
+    for seen_start in range(12):
+        due = [update_due(seen_start + 2 * (k + 1), 2, 3) for k in range(30)]
+        assert all(sum(due[k:k + 3]) == 1 for k in range(28)), seen_start
+
+
+def test_burn_in_comes_before_the_steps_and_the_unsigned_switch():
+    # README: burn_in is checked first; then steps, whose -1 is SIZE_MAX under size_t batch_num
+    net = net_section("learning_rate=0.01\nburn_in=10\npower=2\npolicy=steps\nsteps=-1,5,20\n"
+                      "scales=.1,10,.5")
+    signed, unsigned = Schedule.from_net(net), Schedule.from_net(net, unsigned_steps=True)
+    assert signed.rate(5) == unsigned.rate(5) == float(np.float32(np.float32(0.01) * 0.25))
+    # at 12 the steps -1 and 5 have passed (x.1 x10) for the cfg's meaning; none for the final darknet
+    assert signed.rate(12) == float(np.float32(np.float32(0.01) * np.float32(0.1)) * np.float32(10))
+    assert unsigned.rate(12) == unsigned.rate(25) == float(np.float32(0.01))
+    assert signed.rate(25) == pytest.approx(0.005, rel=1e-6)

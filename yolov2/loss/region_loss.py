@@ -25,9 +25,10 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from yolov2.darknet.region import RegionConfig, split_entries
+from yolov2.darknet.region import RegionConfig, activate, split_entries
 from yolov2.loss.assign import Assignment, RegionParams, Workspace, assign, prior_pull, used_truths
 
 STAT_KEYS = ("avg_iou", "class", "obj", "no_obj", "avg_recall", "count")
@@ -291,6 +292,25 @@ class RegionLoss(nn.Module):
             klass, g_cls, prob = class_term(cls, a)
         self.stats = region_stats(prob, a)
         return _ClosedForm.apply(logits, coord + obj + klass, grad5, g_cls, index)
+
+    def delta(self, logits: Tensor, truth: Tensor, seen: int | Tensor) -> Tensor:
+        """Darknet's region `l.delta` as `forward_region_layer` leaves it, (N, A*(5+C), H, W) float32.
+
+        The activation-space delta, scale·(target − output) entry by entry (classes: at positive
+        slots only), before the backward's logistic gradient on x, y and objectness (the gradient
+        of the loss is minus that product). Its squared sum is darknet's cost, `*l.cost`, what
+        `train_network_datum` returns and darknet's training log averages.
+        """
+        a = self.explain(logits, truth, seen)
+        num = self.anchors.shape[0]
+        with torch.no_grad():
+            out = split_entries(activate(logits.detach().float(), num), num)  # (N, A, 5+C, H, W)
+            d = torch.zeros_like(out)
+            d[:, :, 0:4] = a.coord_scale.unsqueeze(2) * (a.coord_target - a.output[:, :, 0:4])
+            d[:, :, 4] = a.obj_scale * (a.obj_target - a.output[:, :, 4])
+            onehot = F.one_hot(a.class_target.clamp(min=0), self.num_classes).movedim(-1, 2)
+            d[:, :, 5:] = a.class_scale.unsqueeze(2) * (onehot - out[:, :, 5:])  # 0 off positives
+        return d.view(logits.shape)
 
     def extra_repr(self) -> str:
         return f"anchors={self.anchors.tolist()}, num_classes={self.num_classes}, {self.params}"

@@ -54,6 +54,7 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
           sizes: list[int] | None = None, learning_rate: float | None = None, seed: int = 0,
           weights: str | None = None, pretrained: str | None = None, partial: int | None = None,
           clear: bool = False, checkpoint_every: int = 100, final_batches: int = 200,
+          unsigned_steps: bool = False,
           device: str | None = None, workers: int | None = None, resume: bool = False,
           force: bool = False, progress: bool = True, amp: bool = True,
           eval_set: str | None = None) -> TrainResult:
@@ -62,13 +63,16 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
     Writes `checkpoint.pt` (every `checkpoint_every` iterations and at the end), `<cfg>_final.weights`
     (darknet format), `log.csv` (one row per iteration, :func:`read_log`), `loss.png` and `run.json`.
     `resume=True` continues the run in `out_dir` exactly, with the settings it was started with.
+    unsigned_steps: the final darknet's rate quirk (a negative step never passes; see
+    :class:`yolov2.train.schedule.Schedule`), for a run that must match that darknet's rates.
     eval_set (`2007:test`): afterwards, rank 0 measures the VOC07 mAP there (:func:`voc_map`, at the
     cfg's width) and writes `eval.json`.
     """
     s = Settings(str(cfg_path(cfg)), str(data), recipe, loader, [list(p) for p in sets] if sets else None,
                  names, max_batches, batch, subdivisions, list(sizes) if sizes else None, learning_rate, seed,
                  weights=weights, pretrained=pretrained, partial=partial, clear=clear,
-                 checkpoint_every=checkpoint_every, final_batches=final_batches)
+                 checkpoint_every=checkpoint_every, final_batches=final_batches,
+                 unsigned_steps=unsigned_steps)
     rt = init_runtime(device, workers, progress, amp)
     out = Path(out_dir)
     try:
@@ -155,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100, help="iterations between checkpoints")
     p.add_argument("--final-batches", type=int, default=200,
                    help="train the last N batches at the largest size, as darknet (default 200; 0: off)")
+    p.add_argument("--unsigned-steps", action="store_true",
+                   help="the final darknet's rates: it compares steps as unsigned, so a step of -1 never "
+                   "passes and steps=-1,100,... trains at the base rate (default: the cfg's warm-up)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--workers", type=int, help="data loader processes per rank")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")

@@ -6,7 +6,9 @@ References: darknet `src/network.c` (`get_current_batch`, `get_current_rate`, `u
 
 Darknet's batch number is `seen / (batch * subdivisions)`, read at update time, *after* the batch's
 images were counted, so the first update uses batch_num = 1. The rate is a float32 computation;
-:meth:`Schedule.rate` repeats it in float32 (with darknet's `pow` in double).
+:meth:`Schedule.rate` repeats it in float32 (with darknet's `pow` in double). An update runs on the
+forward after which `seen / (batch/subdivisions)` is a multiple of `subdivisions` (:func:`update_due`,
+darknet's `train_network_datum`): it depends on seen, not on a count of forwards.
 
 The update, for every conv layer (`u` = `weight_updates`, which the backward fills with minus the
 gradient summed over the batch's images; biases and BN scales skip the decay line):
@@ -38,9 +40,12 @@ f32 = np.float32
 class Schedule:
     """The `[net]` keys of a learning-rate policy (darknet's `parse_net_options` defaults).
 
-    `unsigned_steps`: pjreddie's final code compares `int steps[i] > size_t batch_num`, which turns
-    a negative step (tiny-voc's `-1`) into SIZE_MAX and so returns `learning_rate` for ever. The cfg
-    was written for the earlier `int batch_num` (the default here); set True for the later quirk.
+    `unsigned_steps`: pjreddie's final code (commit f6afaab, the golden data's) compares
+    `int steps[i] > size_t batch_num`: C converts a negative step (tiny-voc's `-1`) to SIZE_MAX, so
+    the loop returns `learning_rate` at the first step for ever and no scale ever applies. That is a
+    bug: the cfg's `steps=-1,100,... scales=.1,10,...` is a 100-batch warm-up at 0.1x, written for the
+    earlier `int batch_num`. The default (False) follows the cfg's meaning; True reproduces the final
+    darknet bit for bit (settings `unsigned_steps`, `train --unsigned-steps`; the golden test uses it).
     """
 
     learning_rate: float = 0.001
@@ -156,12 +161,27 @@ def darknet_sgd(model: nn.Module, momentum: float, decay: float, batch: int) -> 
         for name, p in module.named_parameters(recurse=False):
             if p.requires_grad:
                 groups[decayed(module, name)].append(p)
-    params = [{"params": groups[True], "weight_decay": decay * batch},
+    # darknet's float `-decay*batch`, rounded to float32 as darknet rounds it
+    params = [{"params": groups[True], "weight_decay": float(f32(decay) * f32(batch))},
               {"params": groups[False], "weight_decay": 0.0}]
     return torch.optim.SGD(params, lr=0.0, momentum=momentum, dampening=0.0, nesterov=False)
 
 
 def set_rate(optimizer: torch.optim.Optimizer, rate: float, batch: int = 1) -> None:
-    """Set every group's lr to rate/batch (darknet's `learning_rate/batch`; batch=1 for Adam)."""
+    """Set every group's lr to rate/batch (darknet's `learning_rate/batch`; batch=1 for Adam).
+
+    A float32 division, as darknet's `a.learning_rate/a.batch` (the rates are float32 values).
+    """
     for group in optimizer.param_groups:
-        group["lr"] = rate / batch
+        group["lr"] = float(f32(rate) / f32(batch))
+
+
+def update_due(seen: int, minibatch: int, subdivisions: int) -> bool:
+    """Darknet's `((*net->seen)/net->batch) % net->subdivisions == 0` in `train_network_datum`.
+
+    seen already counts this forward's images (darknet adds them before the forward); minibatch is
+    the images of one forward (darknet's `net->batch` = batch/subdivisions, times the ranks here).
+    True on the forward that makes seen/minibatch a multiple of subdivisions: every `subdivisions`
+    forwards, but after fewer the first time when the starting seen is not a multiple of the batch.
+    """
+    return (seen // minibatch) % subdivisions == 0

@@ -41,7 +41,9 @@ class Settings:
 
     None means "resolve from the cfg / recipe" (:func:`resolve`). sizes: square training sizes
     (multi-scale when several); sets: VOC `(year, image_set)` pairs; every: iterations per size;
-    final_batches: darknet trains its last 200 batches at the largest size (0: no such phase).
+    final_batches: darknet trains its last 200 batches at the largest size (0: no such phase);
+    unsigned_steps: the final darknet's `int step > size_t batch_num` comparison, under which a
+    negative step never passes (:class:`yolov2.train.schedule.Schedule`; off: the cfg's meaning).
     """
 
     cfg: str
@@ -63,6 +65,7 @@ class Settings:
     clear: bool = False
     checkpoint_every: int = 100
     final_batches: int = 200
+    unsigned_steps: bool = False
 
 
 @dataclass
@@ -156,7 +159,8 @@ def make_schedule(s: Settings, net) -> Schedule:
         r = RECIPES["adam"]
         steps = tuple(round(s.max_batches * e / r["epochs"]) for e in r["step_epochs"])
         return Schedule(s.learning_rate, "steps", steps=steps, scales=r["scales"], max_batches=s.max_batches)
-    return Schedule.from_net(net.net_options, max_batches=s.max_batches, learning_rate=s.learning_rate)
+    return Schedule.from_net(net.net_options, max_batches=s.max_batches, learning_rate=s.learning_rate,
+                             unsigned_steps=s.unsigned_steps)
 
 
 def cfg_path(cfg: str | Path) -> Path:

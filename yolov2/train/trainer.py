@@ -3,11 +3,19 @@
 Reference: darknet examples/detector.c (`train_detector`), src/network.c (`train_network_datum`,
 `update_network`, `train_networks` and `sync_nets` for `-gpus`).
 
-One *iteration* is darknet's: `subdivisions` forwards of batch/subdivisions images, their gradients
-accumulated, then one update. Before each forward `seen` grows by that forward's images on every
-rank (darknet: `*net->seen += net->batch` before `forward_network`) and the loss gets that value, so
-the `seen < 12800` prior switches off where darknet's does. batch_num = seen // batch drives the
-rate and the stop at `max_batches`. The run's settings and recipes: :mod:`yolov2.train.settings`.
+One forward is darknet's `train_network_datum` (:meth:`Trainer.train_datum`): `seen` grows by the
+forward's batch/subdivisions images on every rank first (darknet: `*net->seen += net->batch` before
+`forward_network`) and the loss gets that value, so the `seen < 12800` prior switches off where
+darknet's does; forward and backward add to the gradients; the update runs on the forward after
+which seen/(batch/subdivisions) is a multiple of `subdivisions` (:func:`update_due`). One
+*iteration* is the forwards up to and including an update: `subdivisions` of them, fewer the first
+time when the run starts at a seen that is not a multiple of the batch. batch_num = seen // batch
+drives the rate and the stop at `max_batches`. The run's settings and recipes:
+:mod:`yolov2.train.settings`.
+
+The (images, truths) come from the VOC devkit of `Settings.data` through a DataLoader, or from a
+*batch source*, any iterable of (images, truths) pairs held in memory (:meth:`Trainer.from_batches`):
+darknet's recipe on given tensors, with no dataset on disk.
 """
 
 from __future__ import annotations
@@ -16,19 +24,21 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from yolov2.darknet.layers import check_input
 from yolov2.darknet.model import Darknet
 from yolov2.data.augment import Augmenter
 from yolov2.data.dataset import DetectionDataset, MultiScaleBatchSampler, collate, worker_init
 from yolov2.data.voc import load_voc
-from yolov2.loss.region_loss import RegionLoss
+from yolov2.loss.region_loss import RegionLoss, RegionStats
 from yolov2.train.checkpoint import (
     CHECKPOINT,
     LOG,
@@ -44,12 +54,13 @@ from yolov2.train.checkpoint import (
     set_rng_state,
 )
 from yolov2.train.runtime import Runtime, all_sum, autocast, now, seed_everything
-from yolov2.train.schedule import Schedule, darknet_sgd, set_rate
+from yolov2.train.schedule import Schedule, darknet_sgd, set_rate, update_due
 from yolov2.train.settings import (
     RECIPES,
     Settings,
     TrainError,
     TrainResult,
+    cfg_path,
     class_names,
     make_schedule,
     resolve,
@@ -83,11 +94,41 @@ def stats_vector(loss: torch.Tensor, stats) -> torch.Tensor:
     return torch.stack([loss, *per, t["no_obj"].to(loss.dtype), n])
 
 
-class Trainer:
-    """One run: model, optimizer, schedule, data order and the counters darknet keeps (seen, batch_num)."""
+@dataclass
+class Forward:
+    """What one forward did (:meth:`Trainer.train_datum`, darknet's `train_network_datum`).
 
-    def __init__(self, s: Settings, rt: Runtime, out: Path, resume: bool):
-        self.rt, self.out = rt, out
+    seen, batch_num: the counters after it (seen includes its images); rate: darknet's
+    `get_current_rate` at that batch_num, the rate the update used when `updated`; loss: the region
+    loss summed over its images (0-d); logits: the head's output (N, A*(5+C), H, W) and grad the
+    gradient backpropagated from it (minus darknet's region delta after the logistic gradient;
+    scaled by 1/batch in the Adam recipe); truths (N, T, 5) as the loss read them; stats: darknet's
+    printed `Region Avg IOU...` diagnostics of the forward.
+    """
+
+    seen: int
+    batch_num: int
+    rate: float
+    updated: bool
+    loss: torch.Tensor
+    logits: torch.Tensor
+    grad: torch.Tensor
+    truths: torch.Tensor
+    stats: RegionStats
+
+
+class Trainer:
+    """One run: model, optimizer, schedule, data order and the counters darknet keeps (seen, batch_num).
+
+    batches: a batch source in place of the VOC devkit, an iterable of (images (B, C, H, W) floats
+    in [0, 1], truths (B, T, 5) rows `x, y, w, h, class`) with B = batch/subdivisions images each;
+    a re-iterable one (a list) starts over when it ends, a one-shot iterator ends the run with an
+    error. See :meth:`from_batches`.
+    """
+
+    def __init__(self, s: Settings, rt: Runtime, out: Path | None, resume: bool,
+                 batches: Iterable | None = None):
+        self.rt, self.out, self.batches = rt, out, batches
         self.fingerprint = cfg_fingerprint(s.cfg)
         seed_everything(s.seed)
         self.net = Darknet(s.cfg)
@@ -96,8 +137,12 @@ class Trainer:
             ckpt = load_checkpoint(out / CHECKPOINT, self.fingerprint, self.net.state_dict())
             s = dataclasses.replace(Settings(**ckpt["settings"]), cfg=s.cfg, data=s.data)
         self.seen = self._load_start(s) if ckpt is None else ckpt["seen"]
-        self.dataset = self._dataset(s)
-        self.s = s = resolve(s, self.net, len(self.dataset), rt.world)
+        if batches is not None and s.recipe == "adam" and not s.max_batches:
+            raise TrainError("the adam recipe counts its max_batches in epochs of a dataset; with a batch "
+                             "source give max_batches")
+        self.dataset = self._dataset(s) if batches is None else None
+        self.n_images = len(self.dataset) if batches is None else None  # None: a batch source's
+        self.s = s = resolve(s, self.net, self.n_images or 0, rt.world)
         self.darknet = RECIPES[s.recipe]["optimizer"] == "sgd"
         per_rank = s.batch // rt.world if RECIPES[s.recipe]["split_batch"] else s.batch
         self.minibatch = per_rank // s.subdivisions  # images per forward on each rank
@@ -106,6 +151,23 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch, self.avg_loss, self.elapsed = 0, 0, 0, -1.0, 0.0
         self.seen_start = self.seen
         self._build(ckpt)
+
+    @classmethod
+    def from_batches(cls, cfg: str | Path, batches: Iterable, *, weights: str | Path | None = None,
+                     out: str | Path | None = None, device: str | torch.device = "cpu",
+                     amp: bool = False, **settings) -> Trainer:
+        """A trainer whose forwards take their (images, truths) from `batches`, no dataset on disk.
+
+        cfg: a cfg path or a shipped cfg's name; weights: a darknet `.weights` to start from (its
+        header's seen too, as darknet; `clear=True` resets it); out: the run directory for
+        :meth:`run` and :meth:`save` (None: nothing is written); amp: mixed precision on CUDA (off:
+        float32, darknet's arithmetic). `settings` are the other :class:`Settings` fields, e.g.
+        `batch`, `subdivisions`, `unsigned_steps`. The batch source is described in the class's
+        docstring; drive it with :meth:`train_datum` (one forward), :meth:`iteration` or :meth:`run`.
+        """
+        s = Settings(str(cfg_path(cfg)), "", weights=str(weights) if weights else None, **settings)
+        rt = Runtime(torch.device(device), progress=False, amp=amp)
+        return cls(s, rt, Path(out) if out is not None else None, resume=False, batches=batches)
 
     # ---- setup
 
@@ -147,7 +209,8 @@ class Trainer:
         if rt.world > 1:
             ids = [rt.device.index] if rt.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
-        self.loss_fn = RegionLoss.from_region(self.net.region, validate=False).to(rt.device)
+        checked = self.batches is None  # the loader's truths are checked already, not the caller's
+        self.loss_fn = RegionLoss.from_region(self.net.region, validate=not checked).to(rt.device)
         if self.darknet:
             opt = self.net.net_options
             self.opt = darknet_sgd(self.net, opt.get_float("momentum", 0.9), opt.get_float("decay", 0.0001),
@@ -155,9 +218,13 @@ class Trainer:
         else:
             self.opt = torch.optim.Adam(self.net.parameters(), lr=s.learning_rate, weight_decay=0.0)
         self.scaler = torch.amp.GradScaler("cuda", enabled=rt.amp_dtype == torch.float16)
-        self.sampler = self._sampler()
-        self.loader = self._loader()
+        if self.batches is None:
+            self.sampler = self._sampler()
+            self.loader = self._loader()
         self._it = None
+        # what the forwards since the last update add up to: stats_vector sums, images, forwards
+        self._acc, self._images, self._forwards = torch.zeros(7, device=rt.device), 0, 0
+        self.rate = self.current_rate()
         if ckpt is not None:
             self._restore(ckpt)
 
@@ -192,9 +259,9 @@ class Trainer:
         if ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])
         p = ckpt["progress"]
-        if p["n_images"] != len(self.dataset):
+        if p["n_images"] != self.n_images:
             raise TrainError(f"{self.out / CHECKPOINT}: the run trained on {p['n_images']} images, "
-                             f"{self.s.data} now has {len(self.dataset)}")
+                             f"{self.s.data or 'the batch source'} now has {self.n_images}")
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], p["epoch"], p["batch_in_epoch"]
         self.avg_loss, self.elapsed, self.seen_start = p["avg_loss"], p["elapsed"], p["seen_start"]
         # the policy the run started with, even if the cfg's [net] was edited since
@@ -209,8 +276,15 @@ class Trainer:
         """Darknet's get_current_batch: seen // (batch*subdivisions) (batch here is the full batch)."""
         return self.seen // self.s.batch
 
+    def current_rate(self) -> float:
+        """Darknet's get_current_rate at the current batch_num (times the ranks for darknet -gpus)."""
+        rate = self.schedule.rate(self.batch_num)
+        return rate * self.rt.world if self.darknet else rate
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next (images, truths) on the device, crossing epochs (data order: epoch, batch index)."""
+        if self.batches is not None:
+            return self._given_batch()
         while True:
             if self._it is None:
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
@@ -225,47 +299,103 @@ class Trainer:
             return (images.to(self.rt.device, non_blocking=True, memory_format=fmt),
                     truths.to(self.rt.device, non_blocking=True))
 
-    def iteration(self) -> dict:
-        """`subdivisions` forwards and backwards, then one update; returns the log row."""
-        s, rt, t = self.s, self.rt, now()
-        acc = torch.zeros(7, device=rt.device)
-        for sub in range(s.subdivisions):
-            images, truths = self.next_batch()
-            self.seen += images.shape[0] * rt.world  # darknet: seen += batch *before* the forward
-            sync = rt.world == 1 or sub == s.subdivisions - 1
-            with nullcontext() if sync else self.model.no_sync():
-                with autocast(rt):
-                    logits = self.model(images)
-                loss = self.loss_fn(logits, truths, self.seen)  # summed over the images
-                scale = 1.0 if self.darknet else 1.0 / (self.minibatch * s.subdivisions)
-                self.scaler.scale(loss * scale).backward()
-            acc += stats_vector(loss.detach(), self.loss_fn.stats)
-        v = all_sum(acc, rt).tolist()  # the iteration's one host-device synchronisation
-        loss = v[0] / self.step_images
+    def _given_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch source's next (images, truths), checked, on the device."""
+        for attempt in range(2):
+            if self._it is None:
+                self._it = iter(self.batches)
+            try:
+                item = next(self._it)
+                break
+            except StopIteration:  # a list starts over; an exhausted iterator stays empty
+                if attempt or self.batch_in_epoch == 0:
+                    raise TrainError(f"the batch source ran out at seen {self.seen}: "
+                                     + ("it gave no batches" if not attempt else "an iterator that "
+                                        "ended (a list, or any re-iterable, starts over instead)")) from None
+                self._it, self.epoch, self.batch_in_epoch = None, self.epoch + 1, 0
+        where = f"batch {self.batch_in_epoch} of the batch source (epoch {self.epoch})"
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TrainError(f"{where}: expected an (images, truths) pair, got {type(item).__name__}")
+        images, truths = (torch.as_tensor(x) for x in item)
+        if not images.is_floating_point():
+            raise TrainError(f"{where}: images are {images.dtype}; give floats in [0, 1]")
+        try:
+            check_input(images, self.net.channels, self.net.stride)
+        except ValueError as e:
+            raise TrainError(f"{where}: {e}") from None
+        if images.shape[0] != self.minibatch or truths.dim() != 3 or truths.shape[0] != self.minibatch \
+                or truths.shape[2] != 5:
+            raise TrainError(f"{where}: images {tuple(images.shape)} and truths {tuple(truths.shape)}; a "
+                             f"forward takes batch/subdivisions = {self.minibatch} images and "
+                             f"({self.minibatch}, T, 5) truths")
+        self.batch_in_epoch += 1
+        fmt = torch.channels_last if self.rt.device.type == "cuda" else torch.contiguous_format
+        return (images.to(self.rt.device, torch.float32, memory_format=fmt),
+                truths.to(self.rt.device, torch.float32))
+
+    def train_datum(self) -> Forward:
+        """One forward and backward, and the update where darknet's rule puts one.
+
+        Darknet's `train_network_datum`: seen grows by the forward's images (all ranks) first, the
+        loss reads that seen, the gradients add up over forwards (the loss is a sum), and the
+        update runs when :func:`update_due` holds: every `subdivisions` forwards, fewer the first
+        time if the run started at a seen that is not a multiple of the batch.
+        """
+        s, rt = self.s, self.rt
+        images, truths = self.next_batch()
+        self.seen += images.shape[0] * rt.world  # darknet: seen += batch *before* the forward
+        due = update_due(self.seen, self.minibatch * rt.world, s.subdivisions)
+        with nullcontext() if rt.world == 1 or due else self.model.no_sync():
+            with autocast(rt):
+                logits = self.model(images)
+            logits.retain_grad()  # the region delta the backward sends in (kept for the record)
+            loss = self.loss_fn(logits, truths, self.seen)  # summed over the images
+            scale = 1.0 if self.darknet else 1.0 / (self.minibatch * s.subdivisions)
+            self.scaler.scale(loss * scale).backward()
+        stats = self.loss_fn.stats
+        self._acc += stats_vector(loss.detach(), stats)
+        self._images, self._forwards = self._images + images.shape[0] * rt.world, self._forwards + 1
+        if due:
+            self._sums = self._checked_update()
+        return Forward(self.seen, self.batch_num, self.current_rate(), due, loss.detach(), logits.detach(),
+                       logits.grad, truths, stats)
+
+    def _checked_update(self) -> tuple[list[float], int, int]:
+        """The update, unless a loss since the last one is not finite: (summed stats, images, forwards)."""
+        v = all_sum(self._acc, self.rt).tolist()  # the update's one host-device synchronisation
+        sums = (v, self._images, self._forwards)
+        self._acc.zero_()
+        self._images = self._forwards = 0
+        loss = v[0] / sums[1]
         if not finite(loss):
+            where = self.out / CHECKPOINT if self.out else "not written (no run directory)"
             raise TrainError(f"loss is {loss} at batch {self.batch_num} (iteration {self.step + 1}, seen "
                              f"{self.seen}); stopped before the update. Lower the learning rate or check "
-                             f"the data; the last checkpoint is {self.out / CHECKPOINT}")
+                             f"the data; the last checkpoint is {where}")
         self.update()
+        return sums
+
+    def iteration(self) -> dict:
+        """Forwards (:meth:`train_datum`) up to and including the next update; returns the log row."""
+        rt, t = self.rt, now()
+        while not (f := self.train_datum()).updated:
+            pass
+        v, images, forwards = self._sums  # summed over the update's forwards and the ranks
+        loss = v[0] / images
         self.avg_loss = loss if self.avg_loss < 0 else 0.9 * self.avg_loss + 0.1 * loss  # darknet's avg
         dt = now() - t
         self.elapsed += dt
         n = max(v[6], 1.0)
         return {"step": self.step, "batch": self.batch_num, "seen": self.seen, "epoch": self.epoch,
-                "size": images.shape[-1], "lr": self.rate, "loss": loss, "avg_loss": self.avg_loss,
-                "avg_iou": v[1] / n, "class": v[2] / n, "obj": v[3] / n,
-                "no_obj": v[5] / (s.subdivisions * rt.world), "avg_recall": v[4] / n, "count": int(v[6]),
-                "images_per_s": self.step_images / dt, "time": self.elapsed}
+                "size": f.logits.shape[-1] * self.net.stride, "lr": self.rate, "loss": loss,
+                "avg_loss": self.avg_loss, "avg_iou": v[1] / n, "class": v[2] / n, "obj": v[3] / n,
+                "no_obj": v[5] / (forwards * rt.world), "avg_recall": v[4] / n, "count": int(v[6]),
+                "images_per_s": images / dt, "time": self.elapsed}
 
     def update(self) -> None:
         """Darknet's update_network: the rate at the current batch_num, then the optimizer step."""
-        rate = self.schedule.rate(self.batch_num)
-        if self.darknet:
-            self.rate = rate * self.rt.world  # darknet -gpus: learning_rate *= ngpus
-            set_rate(self.opt, self.rate, self.s.batch)
-        else:
-            self.rate = rate
-            set_rate(self.opt, rate)
+        self.rate = self.current_rate()  # darknet -gpus: learning_rate *= ngpus
+        set_rate(self.opt, self.rate, self.s.batch if self.darknet else 1)
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
@@ -277,9 +407,10 @@ class Trainer:
         """Checkpoint and darknet weights, atomically, by rank 0 only."""
         if not self.rt.main:
             return
-        self.net.seen = self.seen
+        if self.out is None:
+            raise TrainError("this trainer has no run directory (out=None): nothing to save to")
         progress = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "avg_loss": self.avg_loss,
-                    "elapsed": self.elapsed, "seen_start": self.seen_start, "n_images": len(self.dataset),
+                    "elapsed": self.elapsed, "seen_start": self.seen_start, "n_images": self.n_images,
                     "schedule": dataclasses.asdict(self.schedule)}
         ckpt = make_checkpoint(fingerprint=self.fingerprint, model=self.net.state_dict(),
                                optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(),
@@ -288,7 +419,10 @@ class Trainer:
         atomic_save(ckpt, self.out / CHECKPOINT)
         self.save_weights(self.out / f"{Path(self.s.cfg).stem}_last.weights")
 
-    def save_weights(self, path: Path) -> Path:
+    def save_weights(self, path: str | Path) -> Path:
+        """The model as a darknet `.weights` file, its header's seen the trainer's, written atomically."""
+        path = Path(path)
+        self.net.seen = self.seen
         tmp = path.with_name(f".{path.name}.tmp")
         self.net.save_weights(tmp)
         os.replace(tmp, path)
@@ -296,6 +430,8 @@ class Trainer:
 
     def run(self) -> TrainResult:
         s, rt = self.s, self.rt
+        if self.out is None:
+            raise TrainError("run() writes a run directory: give the trainer one (out=...)")
         log = open_log(self.out / LOG, LOG_FIELDS, self.step) if rt.main else None
         if rt.main:
             (self.out / SETTINGS).write_text(json_dumps(dataclasses.asdict(s)))
