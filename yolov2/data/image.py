@@ -8,7 +8,7 @@ An image is (H, W, 3) float32 RGB in [0, 1], darknet's planar `image.data` as HW
 functions also take the (H, W, 3) uint8 image a decoder returns and read it as darknet does,
 `(float)u8 / 255.`.
 
-Decoding is defensive (`read_image`): an image above the pixel cap (`MAX_PIXELS`, 64 megapixels, or
+Decoding is defensive (`read_image`): an image above the pixel cap (`MAX_PIXELS`, 8192 x 8192, or
 `$YOLOV2_MAX_PIXELS`) is refused from its header before anything is decoded (JPEG, PNG, BMP, GIF, WebP,
 TIFF, PNM; other formats after decoding), a JPEG cut short is refused even when an end marker was
 appended, and every OpenCV error becomes an ImageError naming the file.
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 F32 = np.float32
 _INV255 = F32(1.0 / 255.0)
 _DECODE = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # stb (darknet) ignores EXIF rotation too
-MAX_PIXELS = 1 << 26  # 64 megapixels (8192 x 8192): the default decode limit; VOC's images have 0.2
+MAX_PIXELS = 8192 * 8192  # the default decode limit (67,108,864 pixels); a VOC image has ~190,000
 
 
 class ImageError(ValueError):
@@ -186,8 +186,8 @@ def pixel_limit() -> int:
 
 def _check_pixels(p: Path, w: int, h: int, cap: int, when: str) -> None:
     if w * h > cap:
-        raise ImageError(f"{p}: {w}x{h} image ({w * h / 1e6:.1f} megapixels) is above the limit of "
-                         f"{cap / 1e6:g} megapixels (set YOLOV2_MAX_PIXELS to allow it); {when}")
+        raise ImageError(f"{p}: {w}x{h} image ({w * h:,} pixels) is above the limit of {cap:,} pixels "
+                         f"(set YOLOV2_MAX_PIXELS to allow it); {when}")
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:

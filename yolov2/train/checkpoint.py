@@ -14,6 +14,7 @@ deletes those files only (:func:`prepare_run_dir`), never one the run did not wr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -33,7 +34,7 @@ from yolov2.files import (
     write_error,
     write_text,
 )
-from yolov2.train.schedule import Schedule
+from yolov2.train.schedule import POLICIES, Schedule
 from yolov2.train.settings import settings_problem
 
 FORMAT = "yolov2-train-checkpoint"
@@ -205,11 +206,31 @@ def _check_counters(path: Path, ckpt: dict) -> None:
     if p["seen_start"] > ckpt["seen"]:
         raise CheckpointError(f"{path}: progress 'seen_start' {p['seen_start']} is beyond seen "
                               f"{ckpt['seen']}")
-    try:
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in p["schedule"].items()}
-        Schedule(**fields).rate(ckpt["seen"])
-    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
-        raise CheckpointError(f"{path}: bad learning-rate schedule in the checkpoint ({e})") from None
+    problem = _schedule_problem(p["schedule"])
+    if problem:
+        raise CheckpointError(f"{path}: bad learning-rate schedule in the checkpoint ({problem})")
+
+
+def _schedule_problem(d: dict) -> str | None:
+    """What is wrong with a saved Schedule's fields (names, types, the policy), or None."""
+    kinds = {"int": int, "float": float, "bool": bool, "str": str}
+    fields = {f.name: str(f.type) for f in dataclasses.fields(Schedule)}
+    if set(d) != set(fields):
+        return f"fields {sorted(set(d) ^ set(fields))}"
+    for name, kind in fields.items():
+        v = d[name]
+        if kind.startswith("tuple"):
+            item = kinds[kind[6:].split(",")[0]]
+            ok = isinstance(v, (list, tuple)) and all(_number(x, item) for x in v)
+        elif kind in ("bool", "str"):
+            ok = isinstance(v, kinds[kind])
+        else:
+            ok = _number(v, kinds[kind])
+        if not ok:
+            return f"{name}={v!r}"
+    if d["policy"] not in POLICIES or len(d["scales"]) < len(d["steps"]):
+        return f"policy {d['policy']!r} with {len(d['steps'])} steps, {len(d['scales'])} scales"
+    return None
 
 
 def _check_rng(path: Path, state: dict) -> None:
