@@ -679,6 +679,8 @@ def _tamper(ckpt: dict, how: str) -> None:
         ckpt["progress"]["schedule"] = {"policy": 5}
     elif how == "data position":
         ckpt["progress"]["batch_in_epoch"] = 10**6
+    elif how == "scaler":
+        ckpt["scaler"] = {"scale": "big"}
     elif how == "model shape":
         key = next(k for k in ckpt["model"] if k.endswith("conv.weight"))
         ckpt["model"][key] = ckpt["model"][key][:1]
@@ -687,7 +689,7 @@ def _tamper(ckpt: dict, how: str) -> None:
 @pytest.mark.parametrize("how", ["progress key missing", "negative seen", "seen as text", "fractional step",
                                  "progress not a dict", "momentum shape", "param groups", "numpy rng",
                                  "torch rng", "settings key", "settings batch", "schedule", "data position",
-                                 "model shape"])
+                                 "scaler", "model shape"])
 def test_item12_tampered_checkpoints_are_clear_errors(voc, trained_run, tmp_path, capsys, how):
     run = copy_run(trained_run, tmp_path)
     path = run / "checkpoint.pt"

@@ -153,6 +153,9 @@ def load_checkpoint(path: str | Path, fingerprint: str, model_state: dict) -> di
     _check_model_state(path, ckpt["model"], model_state)
     _check_counters(path, ckpt)
     _check_rng(path, ckpt["rng"])
+    scaler = ckpt["scaler"]  # empty unless float16 autocast on CUDA
+    if scaler and (set(scaler) != SCALER or not all(_number(v, float) and v >= 0 for v in scaler.values())):
+        raise CheckpointError(f"{path}: corrupt gradient-scaler state {sorted(scaler)}")
     problem = settings_problem(ckpt["settings"])
     if problem:
         raise CheckpointError(f"{path}: bad settings: {problem}")
@@ -174,6 +177,7 @@ def _check_model_state(path: Path, saved: dict, expected: dict) -> None:
             raise CheckpointError(f"{path}: '{key}' is {s.dtype}, this network needs {t.dtype}")
 
 
+SCALER = {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}  # GradScaler's
 # what Trainer.save puts in `progress`: key -> (type, smallest value)
 PROGRESS = {"epoch": (int, 0), "batch_in_epoch": (int, 0), "avg_loss": (float, -1.0), "elapsed": (float, 0.0),
             "seen_start": (int, 0), "n_images": (int, 1), "schedule": (dict, None)}
