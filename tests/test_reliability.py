@@ -736,6 +736,19 @@ def test_item13_resume_refuses_options_it_cannot_honour_by_name(voc, trained_run
     assert files_of(run) == before
 
 
+def test_item13_weights_past_max_batches_are_not_a_silent_no_op(voc, tmp_path, capsys):
+    trained = tmp_path / "trained.weights"  # the demo model: its header has seen 24000 images
+    shutil.copy(WEIGHTS, trained)
+    args = ["train", SYNTH, voc, "--out", tmp_path / "run", "--weights", trained, "--max-batches", "2",
+            *TRAIN]
+    code, err = cli(capsys, *args)
+    assert code == 1  # darknet would write the loaded weights back as "trained", 0 images/s
+    assert_one_clear_line(err, f"train: {trained}: its header has seen images up to batch 6000, past "
+                               f"max_batches 2: nothing to train; pass --clear")
+    code, err = cli(capsys, *args, "--clear")
+    assert code == 0, err
+
+
 def test_item13_resume_accepts_the_same_options_again(voc, trained_run, tmp_path, capsys):
     run = copy_run(trained_run, tmp_path)
     code, err = cli(capsys, "train", SYNTH, voc, "--out", run, "--resume", "--max-batches", "3", "--seed",

@@ -224,12 +224,18 @@ def resume_settings(run: Settings, given: Settings, where: str | Path) -> Settin
     return dataclasses.replace(run, **changes)
 
 
-def check_resumable(where: str | Path, batch_num: int, max_batches: int) -> None:
-    """A resumed run must have batches left to train."""
-    if batch_num >= max_batches:
+def check_batches_left(where: str | Path, batch_num: int, max_batches: int, resumed: bool) -> None:
+    """A run must have batches to train: a resumed one, or one started from --weights whose `seen`
+    (darknet keeps it in the header) is already past max_batches (darknet would stop at once)."""
+    if batch_num < max_batches:
+        return
+    if resumed:
         raise TrainError(f"{where}: the run is at batch {batch_num} and max_batches is {max_batches}: "
                          f"nothing left to train; pass --max-batches N with N > {batch_num} to train it "
                          f"further")
+    raise TrainError(f"{where}: its header has seen images up to batch {batch_num}, past max_batches "
+                     f"{max_batches}: nothing to train; pass --clear to count from 0, or a larger "
+                     f"--max-batches")
 
 
 def settings_problem(d: dict) -> str | None:

@@ -52,7 +52,7 @@ from yolov2.train.settings import (
     TrainError,
     TrainInterrupted,
     TrainResult,
-    check_resumable,
+    check_batches_left,
     class_names,
     make_schedule,
     resolve,
@@ -102,8 +102,8 @@ class Trainer:
         self.seen = self._load_start(s) if ckpt is None else ckpt["seen"]
         self.dataset = self._dataset(s)
         self.s = s = resolve(s, self.net, len(self.dataset), rt.world)
-        if ckpt is not None:
-            check_resumable(out / CHECKPOINT, self.batch_num, s.max_batches)
+        check_batches_left(out / CHECKPOINT if ckpt is not None else s.weights, self.batch_num, s.max_batches,
+                           resumed=ckpt is not None)
         self.darknet = RECIPES[s.recipe]["optimizer"] == "sgd"
         per_rank = s.batch // rt.world if RECIPES[s.recipe]["split_batch"] else s.batch
         self.minibatch = per_rank // s.subdivisions  # images per forward on each rank
