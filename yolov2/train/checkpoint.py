@@ -20,6 +20,7 @@ import io
 import json
 import math
 import random
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -329,7 +330,8 @@ def record_file(out: str | Path, name: str) -> None:
         write_text(path, json.dumps(record, indent=1) + "\n")
 
 
-def prepare_run_dir(out: str | Path, resume: bool, force: bool, keep=(), writes=()) -> list[Path]:
+def prepare_run_dir(out: str | Path, resume: bool, force: bool, keep: Iterable[str | Path | None] = (),
+                    writes: Iterable[str] = ()) -> list[Path]:
     """Make `out` ready for a run; returns the files deleted.
 
     resume: `out` must hold a checkpoint. Otherwise `out` must be new or empty, or `force` given: a
@@ -346,7 +348,7 @@ def prepare_run_dir(out: str | Path, resume: bool, force: bool, keep=(), writes=
         if not (out / CHECKPOINT).is_file():
             raise CheckpointError(f"{out}: nothing to resume (no {CHECKPOINT})")
         return remove_stale_temps(out)
-    keep = {Path(k).resolve() for k in keep if k}
+    keep, writes = {Path(k).resolve() for k in keep if k}, set(writes)
     clash = sorted(p for p in keep if p.parent == out.resolve() and p.name in writes)
     if clash:
         raise CheckpointError(f"{clash[0]}: this run would overwrite it (it writes {clash[0].name} in "
