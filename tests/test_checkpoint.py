@@ -37,8 +37,8 @@ def net():
 def checkpoint_of(net, fingerprint=None) -> dict:
     """A well-formed checkpoint, as Trainer.save writes one (every field load_checkpoint checks)."""
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    progress = {"epoch": 0, "batch_in_epoch": 2, "avg_loss": 1.5, "elapsed": 0.5, "seen_start": 0, "n_images": 12,
-                "schedule": dataclasses.asdict(Schedule(0.001, "constant", max_batches=10))}
+    progress = {"epoch": 0, "batch_in_epoch": 2, "avg_loss": 1.5, "elapsed": 0.5, "seen_start": 0,
+                "n_images": 12, "schedule": dataclasses.asdict(Schedule(0.001, "constant", max_batches=10))}
     settings = resolve(Settings(str(SYNTH), "data", batch=64, sizes=[416]), net, 12, 1)
     return make_checkpoint(fingerprint=fingerprint or cfg_fingerprint(SYNTH), model=net.state_dict(),
                            optimizer=opt.state_dict(), seen=128, step=2, progress=progress,

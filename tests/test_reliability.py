@@ -75,9 +75,9 @@ def assert_one_clear_line(err: str, *words: str) -> None:
 
 
 @contextmanager
-def full_disk(match: str, budget: int = 0):
+def full_disk(match: str, budget: int = 0, error=None):
     """Files opened for writing whose path contains `match` share `budget` bytes, then ENOSPC (the write
-    that crosses the limit is cut, as on a full disk)."""
+    that crosses the limit is cut, as on a full disk), or `error` (e.g. Ctrl-C mid-write)."""
     real = io.open
     left = [budget]
 
@@ -89,7 +89,7 @@ def full_disk(match: str, budget: int = 0):
             if len(data) > left[0]:
                 self._f.write(data[:left[0]])
                 left[0] = 0
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise error or OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             left[0] -= len(data)
             return self._f.write(data)
 
@@ -194,6 +194,7 @@ def test_item01_train_never_deletes_user_files(voc, tmp_path, capsys):
     assert code == 1
     assert_one_clear_line(err, f"{d}: holds files that are not a run's", "p.weights", "--force")
     assert files_of(d) == user
+    train.append("--clear")  # p.weights is the trained demo model: its seen is past --max-batches 2
     code, err = cli(capsys, *train, "--force")  # --force trains, from p.weights, and keeps the user's files
     assert code == 0, err
     assert {k: v for k, v in files_of(d).items() if k in user} == user
@@ -808,6 +809,15 @@ def test_item18_a_corrupt_log_is_named_with_its_line(voc, trained_run, tmp_path,
     assert code == 1
     assert_one_clear_line(err, f"train: {log}:2: not a number", "the checkpoint is intact")
     assert files_of(run) == before
+
+
+def test_item18_ctrl_c_during_a_checkpoint_write_stays_ctrl_c(voc, trained_run, tmp_path, capsys):
+    run = copy_run(trained_run, tmp_path)
+    before = (run / "checkpoint.pt").read_bytes()
+    with full_disk("checkpoint.pt", budget=4096, error=KeyboardInterrupt()):  # torch wraps it (RuntimeError)
+        code, err = cli(capsys, "train", SYNTH, voc, "--out", run, "--resume", "--max-batches", "4", *TRAIN)
+    assert code == 130 and "Traceback" not in err and err.startswith("train: interrupted"), err
+    assert (run / "checkpoint.pt").read_bytes() == before and not list(run.glob(".*.tmp"))
 
 
 def test_item18_ctrl_c_says_where_and_exits_130(voc, tmp_path):

@@ -36,15 +36,19 @@ def temp_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def os_error_behind(exc: BaseException | None) -> OSError | None:
-    """The OSError that `exc` is or was caused by (torch, OpenCV and numpy wrap them), else None."""
+def _behind(exc: BaseException | None, kind: type) -> BaseException | None:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError):
+        if isinstance(exc, kind):
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def os_error_behind(exc: BaseException | None) -> OSError | None:
+    """The OSError that `exc` is or was caused by (torch, OpenCV and numpy wrap them), else None."""
+    return _behind(exc, OSError)
 
 
 def write_error(e: OSError, path: Path, kept: str) -> WriteError:
@@ -95,9 +99,14 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _failed(exc: BaseException, tmp: Path, path: Path, kept: str) -> BaseException:
-    """Clean up after a failed write: the exception to raise (a WriteError where an OSError is behind)."""
+    """Clean up after a failed write: the exception to raise. Ctrl-C stays a KeyboardInterrupt even where
+    a library wrapped it (torch.save turns one raised in its write callback into a RuntimeError); an
+    OSError behind becomes a WriteError."""
     _discard(tmp)
-    cause = None if isinstance(exc, KeyboardInterrupt) else os_error_behind(exc)
+    interrupt = _behind(exc, KeyboardInterrupt)
+    if interrupt is not None:
+        return interrupt
+    cause = os_error_behind(exc)
     return exc if cause is None else write_error(cause, path, kept)
 
 
@@ -193,7 +202,10 @@ def write_files(contents: Mapping[str | Path, bytes | str]) -> list[Path]:
     except BaseException as e:
         for tmp, _ in written:
             _discard(tmp)
-        cause = None if isinstance(e, KeyboardInterrupt) else os_error_behind(e)
+        interrupt = _behind(e, KeyboardInterrupt)
+        if interrupt is not None and interrupt is not e:
+            raise interrupt from None
+        cause = None if interrupt is not None else os_error_behind(e)
         if cause is None:
             raise
         raise write_error(cause, path, kept or _kept(path, path.exists())) from None

@@ -223,7 +223,8 @@ def main(argv: list[str]) -> int:
         print(f"train: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:  # TrainInterrupted says at which batch
-        print(f"train: {e or 'interrupted before training started'}", file=sys.stderr)
+        print(f"train: {str(e) or 'interrupted; continue with --resume once a checkpoint was written'}",
+              file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained to batch {r.batches} (seen {r.seen}) in {r.elapsed:.1f} s, "
