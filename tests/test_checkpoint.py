@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 
@@ -22,6 +23,8 @@ from yolov2.train.checkpoint import (
     set_rng_state,
 )
 from yolov2.train.command import main as train_main
+from yolov2.train.schedule import Schedule
+from yolov2.train.settings import Settings, resolve
 
 SYNTH = stock_cfg("yolov2-tiny-synth")
 
@@ -32,10 +35,14 @@ def net():
 
 
 def checkpoint_of(net, fingerprint=None) -> dict:
+    """A well-formed checkpoint, as Trainer.save writes one (every field load_checkpoint checks)."""
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    progress = {"epoch": 0, "batch_in_epoch": 2, "avg_loss": 1.5, "elapsed": 0.5, "seen_start": 0,
+                "n_images": 12, "schedule": dataclasses.asdict(Schedule(0.001, "constant", max_batches=10))}
+    settings = resolve(Settings(str(SYNTH), "data", batch=64, sizes=[416]), net, 12, 1)
     return make_checkpoint(fingerprint=fingerprint or cfg_fingerprint(SYNTH), model=net.state_dict(),
-                           optimizer=opt.state_dict(), seen=128, step=2, progress={"epoch": 0},
-                           settings={"cfg": str(SYNTH)})
+                           optimizer=opt.state_dict(), seen=128, step=2, progress=progress,
+                           settings=dataclasses.asdict(settings))
 
 
 def test_round_trip_is_weights_only(tmp_path, net):
@@ -126,8 +133,12 @@ def test_run_directory_is_not_overwritten(tmp_path, capsys):
     assert train_main(args) == 1
     assert "already holds a run (log.csv)" in capsys.readouterr().err
     assert (out / "log.csv").read_text() == "step\n1\n"
-    prepare_run_dir(out, resume=False, force=True)  # --force clears the run's own files only
-    assert not (out / "log.csv").exists() and out.is_dir()
+    prepare_run_dir(out, resume=False, force=True)  # --force deletes what a run recorded, and nothing else
+    assert (out / "log.csv").read_text() == "step\n1\n"
+    (out / "run.json").write_text('{"files": ["run.json", "log.csv"]}')
+    (out / "mine.txt").write_text("the user's")
+    prepare_run_dir(out, resume=False, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
 
 
 def test_resume_needs_a_checkpoint(tmp_path, capsys):

@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command '{cmd}'\n\n{usage()}", file=sys.stderr)
         return 2
     module, func, _ = COMMANDS[cmd]
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    try:
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    except KeyboardInterrupt:  # commands that know more (train: the batch) say so themselves
+        print(f"{cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

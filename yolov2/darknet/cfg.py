@@ -4,13 +4,18 @@ Reference: darknet `src/parser.c` (`read_cfg`, `option_find_*`) and `src/option_
 Darknet strips every space, tab and newline from a line, skips lines that start with `#`, `;`
 or are empty, opens a section at `[name]`, and stores `key=value` pairs as strings. Typed
 lookups with defaults live on :class:`Section` so each layer reads its keys the way darknet does.
+Darknet reads bytes: a line that is not UTF-8 (a Latin-1 comment) is read as Latin-1 here
+(`yolov2.files.decode_cfg`). Numbers must be finite: darknet's `atof` takes `nan`, nothing here does.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from yolov2.files import decode_cfg
 
 
 class CfgError(ValueError):
@@ -62,9 +67,12 @@ class Section:
             return default
         raw = self.options[key]
         try:
-            return float(raw)
+            value = float(raw)
         except ValueError:
             raise CfgError(f"{self.where(key)}: expected a number, got '{raw}'") from None
+        if not math.isfinite(value):
+            raise CfgError(f"{self.where(key)}: expected a finite number, got '{raw}'")
+        return value
 
     def get_list(self, key: str, kind: type = float, default: list | None = None) -> list:
         """A comma-separated list (`anchors`, `steps`, `scales`, route `layers`)."""
@@ -75,9 +83,12 @@ class Section:
             return list(default)
         raw = self.options[key]
         try:
-            return [kind(v) for v in raw.split(",") if v != ""]
+            values = [kind(v) for v in raw.split(",") if v != ""]
         except ValueError:
             raise CfgError(f"{self.where(key)}: expected a list of {kind.__name__}, got '{raw}'") from None
+        if kind is float and not all(map(math.isfinite, values)):
+            raise CfgError(f"{self.where(key)}: expected finite numbers, got '{raw}'")
+        return values
 
 
 def parse_cfg_text(text: str, path: str = "<string>") -> list[Section]:
@@ -109,12 +120,14 @@ def parse_cfg(path: str | Path) -> list[Section]:
     """Read a darknet `.cfg` file; errors name the file and line."""
     p = Path(path)
     try:
-        text = p.read_text()
+        data = p.read_bytes()
     except FileNotFoundError:
         raise CfgError(f"{p}: cfg file not found") from None
-    except UnicodeDecodeError:
-        raise CfgError(f"{p}: not a text file (is this a .weights file passed as the cfg?)") from None
-    return parse_cfg_text(text, str(p))
+    except OSError as e:
+        raise CfgError(f"{p}: cannot read cfg file: {e.strerror or e}") from None
+    if b"\x00" in data:
+        raise CfgError(f"{p}: not a text file (is this a .weights file passed as the cfg?)")
+    return parse_cfg_text(decode_cfg(data), str(p))
 
 
 def load_cfg(cfg: str | Path | Sequence[Section]) -> list[Section]:

@@ -19,6 +19,19 @@ from yolov2.darknet.region import RegionConfig, activate
 
 Shape = tuple[int, int, int]  # (C, H, W)
 FLT_MAX = torch.finfo(torch.float32).max
+# What a cfg may ask of one layer. Darknet has no bounds; past these a cfg is a typo or an attack that
+# would allocate terabytes or loop for hours (a 1000x1000 maxpool is a million taps). YOLOv2's cfgs use
+# sizes 1..3, strides 1..2, paddings 0..1 and at most 11.8M weights in a layer.
+MAX_KERNEL = 64  # conv and maxpool `size`, `stride` and `padding`
+MAX_WEIGHTS = 1 << 28  # weights of one conv layer (1 GiB of float32)
+
+
+def _bounded(section: Section, **values: int) -> None:
+    """Each `key=value` of a layer within 0..MAX_KERNEL, else a CfgError naming file, line and key."""
+    for key, v in values.items():
+        if v > MAX_KERNEL:
+            raise CfgError(f"{section.where(key)}: {key}={v} is above {MAX_KERNEL}, the largest this package "
+                           f"builds (YOLOv2 uses 1 to 3)")
 
 # darknet's activate(): leaky is `x>0 ? x : .1*x`; darknet's default activation is logistic.
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -71,9 +84,15 @@ class Convolutional(Layer):
             raise CfgError(f"{s.where('activation')}: activation '{self.activation}' is not supported "
                            f"(supported: {', '.join(ACTIVATIONS)})")
         c = in_shape[0]
-        if min(self.filters, self.size, self.stride, self.groups) < 1 or c % self.groups:
+        if min(self.filters, self.size, self.stride, self.groups) < 1 or c % self.groups or self.padding < 0:
             raise CfgError(f"{s.where()}: bad convolution (filters={self.filters}, size={self.size}, "
-                           f"stride={self.stride}, groups={self.groups}, input channels={c})")
+                           f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
+                           f"input channels={c})")
+        _bounded(s, size=self.size, stride=self.stride, padding=self.padding)
+        weights = self.filters * (c // self.groups) * self.size * self.size
+        if weights > MAX_WEIGHTS:
+            raise CfgError(f"{s.where('filters')}: filters={self.filters} with size={self.size} on {c} input "
+                           f"channels makes {weights:,} weights; at most {MAX_WEIGHTS:,} per layer")
         self.conv = nn.Conv2d(c, self.filters, self.size, self.stride, self.padding,
                               groups=self.groups, bias=not self.batch_normalize)
         # eps: darknet's GPU normalize; momentum .01: rolling = .99*rolling + .01*batch statistic.
@@ -134,6 +153,7 @@ class MaxPool(Layer):
         if self.size < 1 or self.stride < 1 or self.padding < 0:
             raise CfgError(f"{section.where()}: bad maxpool (size={self.size}, stride={self.stride}, "
                            f"padding={self.padding})")
+        _bounded(section, size=self.size, stride=self.stride, padding=self.padding)
 
     def output_shape(self, shape: Shape) -> Shape:
         c, h, w = shape

@@ -20,6 +20,10 @@ from yolov2.darknet.layers import LAYER_TYPES, Convolutional, Layer, Region, Sha
 from yolov2.darknet.region import RegionConfig
 from yolov2.darknet.weights import load_darknet_weights, save_darknet_weights
 
+MAX_INPUT = 8192  # [net] width and height at most (YOLOv2 runs at 320..608)
+MAX_OUTPUT = 1 << 30  # values of one layer's output for one image (4 GiB of float32)
+_PROBE = 1 << 14  # an input side that every power-of-two stride divides, to find the network's stride
+
 
 def _build(sections: list[Section], input_shape: Shape) -> tuple[list[Layer], list[Shape]]:
     """Darknet layers from the sections after `[net]`, with each one's output shape at `input_shape`."""
@@ -38,7 +42,41 @@ def _build(sections: list[Section], input_shape: Shape) -> tuple[list[Layer], li
             warnings.warn(f"{sec.where()}: unused key(s) {', '.join(unused)}; darknet ignores them too",
                           stacklevel=3)
         shapes.append(layer.output_shape(*(shapes[s] if s >= 0 else input_shape for s in layer.sources)))
+        c, h, w = shapes[-1]
+        if min(c, h, w) < 1 or c * h * w > MAX_OUTPUT:
+            what = "is empty" if min(c, h, w) < 1 else f"has {c * h * w:,} values, more than {MAX_OUTPUT:,}"
+            raise CfgError(f"{sec.where()}: its output ({c}, {h}, {w}) at the {input_shape[2]}x"
+                           f"{input_shape[1]} input {what}")
     return layers, shapes
+
+
+def _stride(layers: list[Layer], head: int, channels: int) -> int | None:
+    """Input pixels per output cell, from the output at a probe size (None: not a power-of-two stride)."""
+    shapes: list[Shape] = []
+    try:
+        for layer in layers[: head + 1]:
+            shapes.append(layer.output_shape(*(shapes[s] if s >= 0 else (channels, _PROBE, _PROBE)
+                                               for s in layer.sources)))
+    except CfgError:
+        return None
+    out = shapes[head][2]
+    return _PROBE // out if out > 0 and _PROBE % out == 0 else None
+
+
+def _check_net(net: Section) -> tuple[int, int, int]:
+    """[net] width, height, channels: what this package can build and feed (errors name the key)."""
+    width, height, channels = net.get_int("width", 0), net.get_int("height", 0), net.get_int("channels", 0)
+    if min(width, height, channels) <= 0:
+        raise CfgError(f"{net.where()}: width, height and channels must be > 0 "
+                       f"(got {width}, {height}, {channels})")
+    for key, v in (("width", width), ("height", height)):
+        if v > MAX_INPUT:
+            raise CfgError(f"{net.where(key)}: {key}={v} is above {MAX_INPUT}, the largest input this "
+                           f"package builds")
+    if channels != 3:
+        raise CfgError(f"{net.where('channels')}: channels={channels}, but the images this package reads and "
+                       f"feeds are RGB: only channels=3 is supported")
+    return width, height, channels
 
 
 class Darknet(nn.Module):
@@ -54,11 +92,7 @@ class Darknet(nn.Module):
         self.net_options = net = self.sections[0]
         if net.type not in ("net", "network"):
             raise CfgError(f"{net.where()}: the first section must be [net] or [network]")
-        self.width, self.height = net.get_int("width", 0), net.get_int("height", 0)
-        self.channels = net.get_int("channels", 0)
-        if min(self.width, self.height, self.channels) <= 0:
-            raise CfgError(f"{net.where()}: width, height and channels must be > 0 "
-                           f"(got {self.width}, {self.height}, {self.channels})")
+        self.width, self.height, self.channels = _check_net(net)
         layers, shapes = _build(self.sections[1:], (self.channels, self.height, self.width))
         regions = [layer for layer in layers if isinstance(layer, Region)]
         if len(regions) != 1 or layers[-1] is not regions[0]:
@@ -69,7 +103,15 @@ class Darknet(nn.Module):
         self.region: RegionConfig = regions[0].config
         self.num_classes = self.region.classes
         self.register_buffer("anchors", self.region.anchor_tensor, persistent=False)  # (A, 2) grid cells
-        self.stride = self.width // shapes[self.head][2]  # 32: input pixels per output cell
+        self.stride = _stride(layers, self.head, self.channels) or self.width // shapes[self.head][2]  # 32
+        for key, size, cells in (("width", self.width, shapes[self.head][2]),
+                                 ("height", self.height, shapes[self.head][1])):
+            if size % self.stride or cells != size // self.stride:
+                k = size // self.stride
+                near = sorted({max(1, k) * self.stride, (k + 1) * self.stride})
+                raise CfgError(f"{net.where(key)}: {key}={size} is not a multiple of {self.stride}, the "
+                               f"network's stride (input pixels per output cell); use "
+                               f"{' or '.join(map(str, near))}")
         self.seen = 0  # images trained on, darknet's *net->seen; kept in the .weights header
         self.header = (0, 2, 0)  # (major, minor, revision) of the last loaded .weights file
         # the last layer reading each output, so forward() frees what nobody reads any more

@@ -44,14 +44,37 @@ class RegionConfig:
 
     @classmethod
     def from_section(cls, sec: Section) -> RegionConfig:
+        """The section's keys with darknet's defaults; values darknet would misuse are CfgErrors."""
         num = sec.get_int("num", 1)
+        if not 1 <= num <= 1024:
+            raise CfgError(f"{sec.where('num')}: num={num} anchors; expected 1 to 1024")
         flat = sec.get_list("anchors", float, [0.5] * (2 * num))  # darknet's biases default to .5
         if len(flat) != 2 * num:
             raise CfgError(f"{sec.where('anchors')}: {len(flat)} values for num={num} anchors "
                            f"(need {2 * num}: w,h per anchor)")
+        if any(v <= 0 for v in flat):  # get_list refused NaN and inf already
+            raise CfgError(f"{sec.where('anchors')}: anchor sizes must be positive, got "
+                           f"{', '.join(f'{v:g}' for v in flat if v <= 0)}")
+        coords = sec.get_int("coords", 4)
+        if coords != 4:  # the decode and the loss read the 4-coordinate layout (x, y, w, h)
+            raise CfgError(f"{sec.where('coords')}: coords={coords}; YOLOv2's region layer has 4 "
+                           f"(x, y, w, h)")
+        if sec.get_int("classes", 20) < 1 or sec.get_int("max", 30) < 1:
+            key = "classes" if sec.get_int("classes", 20) < 1 else "max"
+            raise CfgError(f"{sec.where(key)}: {key}={sec.get_int(key)}; expected at least 1")
+        if not 0 <= sec.get_float("jitter", 0.2) < 1:
+            raise CfgError(f"{sec.where('jitter')}: jitter={sec.get_float('jitter')}; "
+                           f"expected 0 <= jitter < 1")
+        if not 0 <= sec.get_float("thresh", 0.5) <= 1:
+            raise CfgError(f"{sec.where('thresh')}: thresh={sec.get_float('thresh')}; expected 0 to 1")
+        negative = [k for k in ("object_scale", "noobject_scale", "class_scale", "coord_scale")
+                    if sec.get_float(k, 1.0) < 0]
+        if negative:
+            raise CfgError(f"{sec.where(negative[0])}: {negative[0]}={sec.get_float(negative[0])}; "
+                           f"scales must be >= 0")
         return cls(
             anchors=tuple((flat[2 * k], flat[2 * k + 1]) for k in range(num)),
-            classes=sec.get_int("classes", 20), num=num, coords=sec.get_int("coords", 4),
+            classes=sec.get_int("classes", 20), num=num, coords=coords,
             softmax=bool(sec.get_int("softmax", 0)), jitter=sec.get_float("jitter", 0.2),
             rescore=bool(sec.get_int("rescore", 0)), object_scale=sec.get_float("object_scale", 1.0),
             noobject_scale=sec.get_float("noobject_scale", 1.0),

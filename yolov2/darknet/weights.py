@@ -25,6 +25,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from yolov2.files import atomic_write
+
 Header = tuple[int, int, int]  # (major, minor, revision)
 SAVE_HEADER: Header = (0, 2, 0)  # what darknet's save_weights always writes
 
@@ -80,9 +82,10 @@ def read_weights(path: str | Path) -> tuple[Header, int, np.ndarray]:
 
 
 def write_weights(path: str | Path, header: Header, seen: int, floats: np.ndarray) -> None:
-    """Write a darknet `.weights` file; the header decides the width of `seen` (8 bytes for 0.2.x)."""
+    """Write a darknet `.weights` file, atomically; the header decides the width of `seen` (8 bytes
+    for 0.2.x)."""
     major, minor, _ = header
-    with open(path, "wb") as f:
+    with atomic_write(path) as f:  # a full disk or a crash leaves the previous file intact
         f.write(np.asarray(header, "<i4").tobytes())
         f.write(np.asarray([seen], "<u8" if long_seen(major, minor) else "<i4").tobytes())
         f.write(np.ascontiguousarray(floats, "<f4").tobytes())

@@ -162,6 +162,9 @@ def main(argv: list[str]) -> int:
         sets = [tuple(s.split("/", 1)) for s in a.sets] if a.sets else _default_sets(root)
         if any(len(s) != 2 for s in sets):
             raise DatasetError(f"--sets items are YEAR/SET, e.g. 2007/train; got {a.sets}")
+        if a.k < 1 or a.size < 32 or a.size % 32:
+            raise DatasetError(f"--k {a.k} --size {a.size}: k must be at least 1 and size a positive "
+                               f"multiple of 32")
         wh = dataset_wh(root, sets, classes)
         if len(wh) < a.k:
             raise DatasetError(f"{root}: {len(wh)} boxes in {sets}, fewer than k={a.k}")

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from yolov2.data.augment import EvalTransform
 from yolov2.data.image import read_image
 from yolov2.data.labels import record_labels
-from yolov2.data.voc import DatasetError, Record
+from yolov2.data.voc import DatasetError, Record, check_image_size
 
 MAX_BOXES = 30  # darknet's truth cap per image (the loss's T)
 MULTISCALE_SIZES = tuple(range(320, 609, 32))  # (rand() % 10 + 10) * 32
@@ -102,6 +102,8 @@ class DetectionDataset(Dataset):
             if path in str(e):
                 raise
             raise DatasetError(f"{path}: cannot load image: {e}") from e
+        if self.records[index].annotation is not None:  # the labels were normalised by the XML's <size>
+            check_image_size(self.records[index].annotation, im, path)
         canvas, truth = self.transform(
             im, self.labels[index], size, size, sample_rng(self.seed, epoch, index)
         )

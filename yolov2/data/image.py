@@ -8,6 +8,11 @@ An image is (H, W, 3) float32 RGB in [0, 1], darknet's planar `image.data` as HW
 functions also take the (H, W, 3) uint8 image a decoder returns and read it as darknet does,
 `(float)u8 / 255.`.
 
+Decoding is defensive (`read_image`): an image above the pixel cap (`MAX_PIXELS`, 8192 x 8192, or
+`$YOLOV2_MAX_PIXELS`) is refused from its header before anything is decoded (JPEG, PNG, BMP, GIF, WebP,
+TIFF, PNM; other formats after decoding), a JPEG cut short is refused even when an end marker was
+appended, and every OpenCV error becomes an ImageError naming the file.
+
 Speed matters: the training loader runs these per image, so the tested functions are the fast ones.
 resize_image is separable (its weights along x depend only on x, along y only on y): two passes of
 "gather two columns (rows), weight, add" in darknet's float32 order, bit-exact.  place_image is one
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 F32 = np.float32
 _INV255 = F32(1.0 / 255.0)
 _DECODE = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # stb (darknet) ignores EXIF rotation too
+MAX_PIXELS = 8192 * 8192  # the default decode limit (67,108,864 pixels); a VOC image has ~190,000
 
 
 class ImageError(ValueError):
@@ -64,9 +70,134 @@ def _jpeg_complete(data: bytes) -> bool:
     return sos >= 0 and data.rfind(b"\xff\xd9") > sos
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB; errors name the file and the problem."""
+# bytes a JPEG decoder reads as entropy-coded data (no 0xFF: that would start a marker)
+_PROBE = bytes(b for b in range(1, 255)) * 2
+
+
+def _jpeg_cut_short(data: bytes, bgr: np.ndarray) -> bool:
+    """A JPEG whose scan data ends before its last block, with an end marker after it.
+
+    libjpeg (through OpenCV) only warns: it decodes the missing blocks as zeros, mid-grey (128) down to
+    the last pixel. Such an image is decoded again with bytes inserted before the end marker: a cut scan
+    reads them as its missing data and changes, a complete one ignores them (only then is it decoded
+    twice: its last pixel must be exactly grey).
+    """
+    if not (bgr[-1, -1] == 128).all():
+        return False
+    end = data.rfind(b"\xff\xd9")
+    again = cv2.imdecode(np.frombuffer(data[:end] + _PROBE + data[end:], np.uint8), _DECODE)
+    return again is None or not np.array_equal(again, bgr)
+
+
+def _u16(b: bytes, order: str = "big") -> int:
+    return int.from_bytes(b[:2], order)
+
+
+def _u32(b: bytes, order: str = "big") -> int:
+    return int.from_bytes(b[:4], order)
+
+
+def _jpeg_size(d: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 9 <= len(d) and d[i] == 0xFF:
+        marker = d[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header (SOFn)
+            return _u16(d[i + 7:]), _u16(d[i + 5:])
+        elif marker == 0xDA:  # a scan before any frame header
+            return None
+        else:
+            i += 2 + _u16(d[i + 2:])
+    return None
+
+
+def _tiff_size(d: bytes) -> tuple[int, int] | None:
+    order = "little" if d[:2] == b"II" else "big"
+    ifd = _u32(d[4:], order)
+    if ifd + 2 > len(d):
+        return None
+    found = {}
+    for k in range(_u16(d[ifd:], order)):
+        e = d[ifd + 2 + 12 * k: ifd + 14 + 12 * k]
+        if len(e) < 12:
+            break
+        tag, kind = _u16(e, order), _u16(e[2:], order)
+        if tag in (256, 257) and kind in (3, 4):
+            found[tag] = _u16(e[8:], order) if kind == 3 else _u32(e[8:], order)
+    return (found[256], found[257]) if len(found) == 2 else None
+
+
+def _pnm_size(d: bytes) -> tuple[int, int] | None:
+    words = []
+    for line in d[2:512].split(b"\n"):
+        words += line.split(b"#")[0].split()
+        if len(words) >= 2:
+            break
+    return (int(words[0]), int(words[1])) if len(words) >= 2 and all(w.isdigit() for w in words[:2]) else None
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image file's header, without decoding it; None for an unknown format.
+
+    JPEG (the first frame header), PNG (IHDR), BMP, GIF, WebP (VP8, VP8L, VP8X), TIFF (the first IFD),
+    PNM (P1-P6).
+    """
+    d = data
+    if d[:2] == b"\xff\xd8":
+        return _jpeg_size(d)
+    if d[:8] == b"\x89PNG\r\n\x1a\n" and d[12:16] == b"IHDR" and len(d) >= 24:
+        return _u32(d[16:]), _u32(d[20:])
+    if d[:2] == b"BM" and len(d) >= 26:
+        if _u32(d[14:], "little") == 12:  # BITMAPCOREHEADER
+            return _u16(d[18:], "little"), _u16(d[20:], "little")
+        return (abs(int.from_bytes(d[18:22], "little", signed=True)),
+                abs(int.from_bytes(d[22:26], "little", signed=True)))
+    if d[:6] in (b"GIF87a", b"GIF89a") and len(d) >= 10:
+        return _u16(d[6:], "little"), _u16(d[8:], "little")
+    if d[:4] == b"RIFF" and d[8:12] == b"WEBP" and len(d) >= 30:
+        chunk = d[12:16]
+        if chunk == b"VP8 ":
+            return _u16(d[26:], "little") & 0x3FFF, _u16(d[28:], "little") & 0x3FFF
+        if chunk == b"VP8L":
+            bits = _u32(d[21:], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8X":
+            return 1 + int.from_bytes(d[24:27], "little"), 1 + int.from_bytes(d[27:30], "little")
+        return None
+    if d[:4] in (b"II*\x00", b"MM\x00*") and len(d) >= 8:
+        return _tiff_size(d)
+    if len(d) > 3 and d[:1] == b"P" and d[1:2] in b"123456" and d[2:3].isspace():
+        return _pnm_size(d)
+    return None
+
+
+def pixel_limit() -> int:
+    """The decode limit in pixels: `$YOLOV2_MAX_PIXELS` when set, else :data:`MAX_PIXELS`."""
+    raw = os.environ.get("YOLOV2_MAX_PIXELS", "").strip()
+    if not raw:
+        return MAX_PIXELS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ImageError(f"YOLOV2_MAX_PIXELS={raw!r}: expected a positive whole number of pixels")
+    return int(raw)
+
+
+def _check_pixels(p: Path, w: int, h: int, cap: int, when: str) -> None:
+    if w * h > cap:
+        raise ImageError(f"{p}: {w}x{h} image ({w * h:,} pixels) is above the limit of {cap:,} pixels "
+                         f"(set YOLOV2_MAX_PIXELS to allow it); {when}")
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an image file to (H, W, 3) uint8 RGB; errors name the file and the problem.
+
+    max_pixels: refuse larger images (default :func:`pixel_limit`), from the header where the format's
+    is known (nothing is decoded then), else after decoding.
+    """
     p = Path(path)
+    cap = pixel_limit() if max_pixels is None else max_pixels
     try:
         data = p.read_bytes()
     except FileNotFoundError:
@@ -75,12 +206,24 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{p}: cannot read image file ({e.strerror or e})") from None
     if not data:
         raise ImageError(f"{p}: empty image file")
-    if data[:2] == b"\xff\xd8" and not _jpeg_complete(data):
+    size = header_size(data)
+    if size is not None:
+        _check_pixels(p, *size, cap, "not decoded")
+    jpeg = data[:2] == b"\xff\xd8"
+    if jpeg and not _jpeg_complete(data):
         raise ImageError(f"{p}: truncated JPEG (no end-of-image marker after the last scan)")
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE)
-    if bgr is None:
-        raise ImageError(f"{p}: not a decodable image (OpenCV could not read it)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE)
+        if bgr is None:
+            raise ImageError(f"{p}: not a decodable image (OpenCV could not read it)")
+        _check_pixels(p, bgr.shape[1], bgr.shape[0], cap, "decoded, then refused")
+        if jpeg and _jpeg_cut_short(data, bgr):
+            raise ImageError(f"{p}: truncated JPEG (its image data ends before the last block; an end "
+                             f"marker was appended)")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    except cv2.error as e:  # OpenCV's own limits (CV_IO_MAX_IMAGE_PIXELS), corrupt data, ...
+        msg = next((ln.split("error: ", 1)[-1] for ln in str(e).splitlines() if ln.strip()), str(e))
+        raise ImageError(f"{p}: OpenCV cannot decode it ({msg.strip()})") from None
 
 
 def to_float(im: np.ndarray) -> np.ndarray:
@@ -192,11 +335,15 @@ def flip_image(im: np.ndarray) -> np.ndarray:
 
 
 def letterbox_geometry(im_w: int, im_h: int, net_w: int, net_h: int) -> tuple[int, int, int, int]:
-    """letterbox_image's (new_w, new_h, dx, dy): integer sizes (truncated) and embed offsets (pixels)."""
+    """letterbox_image's (new_w, new_h, dx, dy): integer sizes (truncated) and embed offsets (pixels).
+
+    An image more than net_w:1 wide (1x5000 at 416) truncates to 0 rows, where darknet then divides by
+    zero (correct_region_boxes); it gets 1 row here (1 column for a tall one), so boxes stay finite.
+    """
     if F32(net_w) / F32(im_w) < F32(net_h) / F32(im_h):
-        new_w, new_h = net_w, (im_h * net_w) // im_w
+        new_w, new_h = net_w, max(1, (im_h * net_w) // im_w)
     else:
-        new_h, new_w = net_h, (im_w * net_h) // im_h
+        new_h, new_w = net_h, max(1, (im_w * net_h) // im_h)
     return new_w, new_h, (net_w - new_w) // 2, (net_h - new_h) // 2   # extra pixel goes right/bottom
 
 
@@ -204,7 +351,9 @@ def letterbox_image(im: np.ndarray, w: int, h: int, scratch: Scratch | None = No
     """darknet letterbox_image: resize_image keeping the aspect ratio, embedded in a 0.5 grey (h, w, 3)."""
     new_w, new_h, dx, dy = letterbox_geometry(im.shape[1], im.shape[0], w, h)
     out = np.full((h, w, 3), F32(0.5), F32)
-    out[dy:dy + new_h, dx:dx + new_w] = resize_image(im, new_w, new_h, scratch)
+    # one row (an extreme aspect ratio): darknet's 1-row resize divides by h-1 = 0; row 0 of a
+    # 2-row resize samples the source's row 0, the limit of darknet's formula
+    out[dy:dy + new_h, dx:dx + new_w] = resize_image(im, new_w, max(new_h, 2), scratch)[:new_h]
     return out
 
 
@@ -244,6 +393,8 @@ def place_samples(src: np.ndarray, w: int, h: int, dx: int, dy: int, canvas_w: i
     gx, gy = _place_grid(src.shape[1], w, xs - dx), _place_grid(src.shape[0], h, ys - dy)
     if flip:
         gx, (x0, x1) = gx[::-1], (canvas_w - x1, canvas_w - x0)
+    if not (len(gx) and len(gy)):  # nothing lands in the canvas (an extreme aspect ratio: h or w is 0)
+        return np.zeros((len(gy), len(gx), 3), F32), (slice(y0, y1), slice(x0, x1))
     grid = _buf(scratch, "grid", (1, len(gy), len(gx), 2))
     grid[0, :, :, 0], grid[0, :, :, 1] = gx, gy[:, None]
     src = src if src.flags.writeable else src.copy()   # torch.from_numpy wants a writeable array

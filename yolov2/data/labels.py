@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from yolov2.data.voc import Annotation, DatasetError, Record
+from yolov2.files import read_text, write_text
 
 # --------------------------------------------------------------------------- darknet labels
 
@@ -59,7 +60,7 @@ def write_yolo_labels(path: str | Path, rows: np.ndarray) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"{int(r[0])} {r[1]!r} {r[2]!r} {r[3]!r} {r[4]!r}\n" for r in rows.tolist()]
-    path.write_text("".join(lines))
+    write_text(path, "".join(lines), durable=False)  # one of many (a label per image)
 
 
 def write_darknet_labels(records: list[Record], classes: tuple[str, ...] | list[str]) -> list[Path]:
@@ -79,7 +80,7 @@ def read_yolo_labels(path: str | Path, num_classes: int | None = None) -> np.nda
     """
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        lines = read_text(path, DatasetError).splitlines()
     except OSError as e:
         raise DatasetError(f"{path}: cannot read labels: {e.strerror or e}") from None
     rows = []
@@ -110,7 +111,7 @@ def load_darknet_list(list_path: str | Path, num_classes: int | None = None) -> 
     """A darknet `train.txt` (one image path per line) with labels from `label_path` -> records."""
     list_path = Path(list_path)
     try:
-        lines = [s.strip() for s in list_path.read_text().splitlines() if s.strip()]
+        lines = [s.strip() for s in read_text(list_path, DatasetError).splitlines() if s.strip()]
     except OSError as e:
         raise DatasetError(f"{list_path}: cannot read image list: {e.strerror or e}") from None
     records = []
@@ -126,10 +127,10 @@ def load_darknet_list(list_path: str | Path, num_classes: int | None = None) -> 
 
 
 def read_class_names(path: str | Path) -> list[str]:
-    """A `voc.names`-style file: one class name per line (blank lines ignored, no duplicates)."""
+    """A `voc.names`-style file: one class name per line (blank lines ignored, no duplicates), UTF-8."""
     path = Path(path)
     try:
-        names = [s.strip() for s in path.read_text().splitlines() if s.strip()]
+        names = [s.strip() for s in read_text(path, DatasetError).splitlines() if s.strip()]
     except OSError as e:
         raise DatasetError(f"{path}: cannot read class names: {e.strerror or e}") from None
     if not names:
@@ -142,4 +143,4 @@ def read_class_names(path: str | Path) -> list[str]:
 
 def write_class_names(path: str | Path, names: tuple[str, ...] | list[str]) -> None:
     """Write one class name per line (the `--classes FILE` / darknet `names=` format)."""
-    Path(path).write_text("".join(f"{n}\n" for n in names))
+    write_text(path, "".join(f"{n}\n" for n in names))

@@ -29,6 +29,7 @@ import numpy as np
 
 from yolov2.data.labels import write_class_names
 from yolov2.data.voc import VOCObject
+from yolov2.files import write_bytes, write_text
 
 SYNTH_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "hbar", "vbar")
 # width/height aspect range per class: circle 1:1, square ~1:1, triangle a little wide, bars 3:1 / 1:3
@@ -219,9 +220,11 @@ def _write_image(base: Path, image_id: str, rng: np.random.Generator) -> None:
     ok, jpg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise RuntimeError(f"cv2.imencode failed for {image_id}")
-    (base / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpg.tobytes())
+    # atomic (no half-written file after a crash or a full disk), not fsynced one by one: synth.json is
+    write_bytes(base / "JPEGImages" / f"{image_id}.jpg", jpg.tobytes(), durable=False)
     h, w = bgr.shape[:2]
-    (base / "Annotations" / f"{image_id}.xml").write_text(voc_xml(f"{image_id}.jpg", w, h, objects))
+    xml = voc_xml(f"{image_id}.jpg", w, h, objects)
+    write_text(base / "Annotations" / f"{image_id}.xml", xml, durable=False)
 
 
 def make_synthetic_voc(
@@ -244,11 +247,11 @@ def make_synthetic_voc(
     for split, split_ids in ids.items():
         for i, image_id in enumerate(split_ids):
             _write_image(base, image_id, np.random.default_rng((seed, _SPLITS[split], i)))
-        (base / "ImageSets/Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in split_ids))
-    (base / "ImageSets/Main/trainval.txt").write_text("".join(f"{i}\n" for i in ids["train"]))
+        write_text(base / "ImageSets/Main" / f"{split}.txt", "".join(f"{i}\n" for i in split_ids))
+    write_text(base / "ImageSets/Main/trainval.txt", "".join(f"{i}\n" for i in ids["train"]))
     write_class_names(out / "classes.names", SYNTH_CLASSES)
     meta = {"generator": "yolov2.data.synth", "seed": seed, "train": n_train, "test": n_test}
-    (out / "synth.json").write_text(json.dumps(meta, indent=1) + "\n")
+    write_text(out / "synth.json", json.dumps(meta, indent=1) + "\n")  # last: the devkit is complete
     return out
 
 
@@ -266,6 +269,9 @@ def main(argv: list[str]) -> int:
     except (FileExistsError, ValueError) as e:
         print(f"synth: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk: WriteError names the file
+        print(f"synth: {e}", file=sys.stderr)
+        return 1
     n = a.train + a.test
     print(f"wrote {n} images to {a.out} in {time.perf_counter() - t:.1f} s")
     return 0

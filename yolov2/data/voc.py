@@ -10,6 +10,10 @@ no shift).
 "Outside the image" means `xmin < 0`, `ymin < 0`, `xmax > width + 1` or `ymax > height + 1`:
 VOC is 1-based (valid corners 1..width), but 0-based tools write 0 and 1-based-exclusive tools
 write width + 1, both harmless; anything further out is a labelling error.
+
+Image ids (the first word of each ImageSets line) name files under `JPEGImages/` and `Annotations/`;
+they may name a subfolder (`sub/000001`) but never leave the devkit (`..`, a leading `/`). The XML's
+`<size>` must be the image's real size (`check_image_size`): darknet normalises the boxes by it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 from defusedxml import ElementTree
+
+from yolov2.files import read_text, write_text
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +120,22 @@ def _flag(elem, tag: str, where: str) -> bool:
     return _number(elem, tag, where) != 0
 
 
+def _check_box(xmin: float, ymin: float, xmax: float, ymax: float, width: int, height: int,
+               where: str) -> None:
+    """A box must be non-empty and inside the image (see the module docstring)."""
+    if xmin >= xmax or ymin >= ymax:
+        raise DatasetError(f"{where}: empty box xmin={xmin} ymin={ymin} xmax={xmax} ymax={ymax}")
+    if xmin < 0 or ymin < 0 or xmax > width + 1 or ymax > height + 1:
+        raise DatasetError(
+            f"{where}: box ({xmin}, {ymin}, {xmax}, {ymax}) outside the {width}x{height} image"
+        )
+
+
+def _check_size(width: float, height: float, where: str) -> None:
+    if width <= 0 or height <= 0 or width != int(width) or height != int(height):
+        raise DatasetError(f"{where}: bad image size {width}x{height}")
+
+
 def _parse_object(obj, index: int, width: int, height: int, xml_path: str) -> VOCObject:
     where = f"{xml_path}: object {index}"
     name = _text(obj, "name", where)
@@ -122,12 +144,7 @@ def _parse_object(obj, index: int, width: int, height: int, xml_path: str) -> VO
         raise DatasetError(f"{where} ({name}): missing <bndbox>")
     where = f"{where} ({name})"
     xmin, ymin, xmax, ymax = (_number(bndbox, t, where) for t in ("xmin", "ymin", "xmax", "ymax"))
-    if xmin >= xmax or ymin >= ymax:
-        raise DatasetError(f"{where}: empty box xmin={xmin} ymin={ymin} xmax={xmax} ymax={ymax}")
-    if xmin < 0 or ymin < 0 or xmax > width + 1 or ymax > height + 1:
-        raise DatasetError(
-            f"{where}: box ({xmin}, {ymin}, {xmax}, {ymax}) outside the {width}x{height} image"
-        )
+    _check_box(xmin, ymin, xmax, ymax, width, height, where)
     return VOCObject(
         name, xmin, ymin, xmax, ymax, _flag(obj, "difficult", where), _flag(obj, "truncated", where)
     )
@@ -146,20 +163,28 @@ def parse_annotation(xml_path: str | Path) -> Annotation:
     if size is None:
         raise DatasetError(f"{xml_path}: missing <size>")
     width, height = _number(size, "width", xml_path), _number(size, "height", xml_path)
-    if width <= 0 or height <= 0 or width != int(width) or height != int(height):
-        raise DatasetError(f"{xml_path}: bad image size {width}x{height}")
+    _check_size(width, height, xml_path)
     width, height = int(width), int(height)
     filename = _text(root, "filename", xml_path, default=Path(xml_path).stem + ".jpg")
     objects = [_parse_object(o, i, width, height, xml_path) for i, o in enumerate(root.iter("object"))]
     return Annotation(filename, width, height, objects, xml_path)
 
 
+def check_image_size(ann: Annotation, image: np.ndarray, image_path: str | Path) -> None:
+    """The XML's `<size>` must be the decoded image's (H, W, 3) size: the labels are normalised by it."""
+    h, w = image.shape[:2]
+    if (ann.width, ann.height) != (w, h):
+        raise DatasetError(f"{ann.path}: <size> says {ann.width}x{ann.height}, but {image_path} is {w}x{h} "
+                           f"pixels (darknet normalises the boxes by <size>: fix the annotation)")
+
+
 # --------------------------------------------------------------------------- annotation cache
 # One JSON file per Annotations/ folder, in the user's cache dir (the VOC root may be read-only),
-# entry per XML keyed by its name and validated by its (mtime_ns, size): a second start stats the
-# files instead of parsing them, and an edited file is re-parsed alone. JSON, not pickle: a cache
-# file is as untrusted as the XML it replaces.
-_CACHE_VERSION = 1
+# entry per XML keyed by its path under that folder (`sub/000001.xml`) and validated by its
+# (mtime_ns, size): a second start stats the files instead of parsing them, and an edited file is
+# re-parsed alone. JSON, not pickle: a cache file is as untrusted as the XML it replaces, so what is
+# read back is checked as strictly as the XML (`_from_json`); an entry that fails is re-parsed.
+_CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -177,7 +202,7 @@ def cache_file(annotations_dir: str | Path, cache_dir: str | Path | None = None)
 
 def _read_cache(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path))
         if data.get("version") == _CACHE_VERSION and isinstance(data.get("entries"), dict):
             return data["entries"]
     except (OSError, ValueError, AttributeError):
@@ -186,11 +211,10 @@ def _read_cache(path: Path) -> dict:
 
 
 def _write_cache(path: Path, entries: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"version": _CACHE_VERSION, "entries": entries}))
-        os.replace(tmp, path)  # atomic, so ranks starting together never read half a file
+        # atomic, so ranks starting together never read half a file
+        write_text(path, json.dumps({"version": _CACHE_VERSION, "entries": entries}))
     except OSError as e:
         log.warning("annotation cache not written (%s): %s", path, e)
 
@@ -200,8 +224,27 @@ def _to_json(ann: Annotation) -> dict:
     return {"filename": ann.filename, "width": ann.width, "height": ann.height, "objects": objs}
 
 
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _from_json(d: dict, path: str) -> Annotation:
-    return Annotation(d["filename"], d["width"], d["height"], [VOCObject(*o) for o in d["objects"]], path)
+    """A cache entry back to an Annotation, checked as the XML is (ValueError: not to be trusted)."""
+    filename, width, height, objs = d["filename"], d["width"], d["height"], d["objects"]
+    if not (isinstance(filename, str) and isinstance(objs, list) and _finite(width) and _finite(height)):
+        raise ValueError("malformed cache entry")
+    _check_size(width, height, path)
+    objects = []
+    for o in objs:
+        if not isinstance(o, list) or len(o) != 7:
+            raise ValueError("malformed cache object")
+        name, *box, difficult, truncated = o
+        if not (isinstance(name, str) and name.strip() == name and name and all(map(_finite, box))
+                and isinstance(difficult, bool) and isinstance(truncated, bool)):
+            raise ValueError("malformed cache object")
+        _check_box(*box, int(width), int(height), path)
+        objects.append(VOCObject(name, *map(float, box), difficult, truncated))
+    return Annotation(filename, int(width), int(height), objects, path)
 
 
 def _cached(entry, st: os.stat_result, path: str) -> Annotation | None:
@@ -215,10 +258,12 @@ def _cached(entry, st: os.stat_result, path: str) -> Annotation | None:
 
 
 def _parse_cached(
-    xmls: list[Path], use_cache: bool, cache_dir: str | Path | None, skip_bad: bool, bad: list[str]
+    folder: Path, xmls: list[Path], use_cache: bool, cache_dir: str | Path | None, skip_bad: bool,
+    bad: list[str],
 ) -> list[Annotation | None]:
-    """parse_annotation for each file, through the cache; None (and a note in `bad`) if skipped."""
-    path = cache_file(xmls[0].parent, cache_dir) if use_cache and xmls else None
+    """parse_annotation for each file under `folder`, through the cache; None (and a note in `bad`)
+    if skipped."""
+    path = cache_file(folder, cache_dir) if use_cache and xmls else None
     entries = _read_cache(path) if path else {}
     out: list[Annotation | None] = []
     changed = False
@@ -228,7 +273,8 @@ def _parse_cached(
         except OSError:
             out.append(_bad(DatasetError(f"{xml}: missing annotation"), skip_bad, bad))
             continue
-        hit = _cached(entries.get(xml.name), st, str(xml))
+        key = xml.relative_to(folder).as_posix()  # the full relative path: sub/000001 is not 000001
+        hit = _cached(entries.get(key), st, str(xml))
         if hit is not None:
             out.append(hit)
             continue
@@ -237,7 +283,7 @@ def _parse_cached(
         except DatasetError as err:
             out.append(_bad(err, skip_bad, bad))
             continue
-        entries[xml.name] = {"mtime_ns": st.st_mtime_ns, "size": st.st_size, "annotation": _to_json(ann)}
+        entries[key] = {"mtime_ns": st.st_mtime_ns, "size": st.st_size, "annotation": _to_json(ann)}
         changed = True
         out.append(ann)
     if path and changed:
@@ -256,13 +302,27 @@ def _bad(err: DatasetError, skip_bad: bool, bad: list[str]) -> None:
 
 
 def read_image_set(root: str | Path, year: str, image_set: str) -> list[str]:
-    """Image ids listed in `root/VOC{year}/ImageSets/Main/{image_set}.txt` (first token per line)."""
+    """Image ids listed in `root/VOC{year}/ImageSets/Main/{image_set}.txt` (first token per line).
+
+    UTF-8 text; an id that would leave the devkit's folders is refused (:func:`check_image_id`).
+    """
     path = Path(root) / f"VOC{year}" / "ImageSets" / "Main" / f"{image_set}.txt"
     try:
-        lines = path.read_text().splitlines()
+        lines = read_text(path, DatasetError).splitlines()
     except OSError as e:
         raise DatasetError(f"{path}: cannot read image set: {e.strerror or e}") from None
-    return [line.split()[0] for line in lines if line.strip()]
+    return [check_image_id(line.split()[0], f"{path}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
+
+
+def check_image_id(image_id: str, where: str) -> str:
+    """An image id names `JPEGImages/<id>.jpg` and `Annotations/<id>.xml`: it may hold subfolders
+    (`sub/000001`), never a way out of them."""
+    parts = image_id.split("/")
+    if "\\" in image_id or any(p in ("", ".", "..") for p in parts):
+        raise DatasetError(f"{where}: image id {image_id!r} leaves the devkit's folders (an id may name a "
+                           f"subfolder, as sub/000001, but holds no '..', '.', empty part, leading '/' "
+                           f"or backslash)")
+    return image_id
 
 
 def _check_classes(ann: Annotation, classes: tuple[str, ...] | list[str], ignore_unknown: bool) -> Annotation:
@@ -301,7 +361,7 @@ def load_voc(
         base = root / f"VOC{year}"
         ids = read_image_set(root, year, image_set)
         xmls = [base / "Annotations" / f"{i}.xml" for i in ids]
-        anns = _parse_cached(xmls, cache, cache_dir, skip_bad, bad)
+        anns = _parse_cached(base / "Annotations", xmls, cache, cache_dir, skip_bad, bad)
         for image_id, ann in zip(ids, anns, strict=True):
             if ann is None:
                 continue

@@ -44,6 +44,7 @@ from yolov2.darknet.layers import Convolutional
 from yolov2.darknet.model import Darknet
 from yolov2.darknet.weights import WeightsError
 from yolov2.data.voc import DatasetError
+from yolov2.files import write_text
 
 MODELS = {"tiny": "yolov2-tiny-voc", "voc": "yolov2-voc"}
 PATHS = ("opencv", "plain", "fused", "bf16", "onnxruntime", "detect")
@@ -286,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paths", type=_list(str, ALL_PATHS), default=list(PATHS),
                    help=f"comma-separated, from {', '.join(ALL_PATHS)}")
     p.add_argument("--json", help="also write the table and the conditions to this JSON file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE", "inherit"], default="PASSIVE",
                    help="OpenMP's for torch (default PASSIVE: re-runs the command with it set if needed)")
     p.add_argument("--map-data", help="also the mAP of fp32 vs bf16 on this devkit's test set (e.g. synth's)")
@@ -320,6 +322,9 @@ def main(argv: list[str]) -> int:
     if args.map_data and not args.map_weights:
         print("yolov2 bench: error: --map-data needs --map-weights (a trained model)", file=sys.stderr)
         return 2
+    if args.json and Path(args.json).exists() and not args.force:  # before minutes of timing
+        print(f"yolov2 bench: error: {args.json}: exists (use --force to overwrite)", file=sys.stderr)
+        return 1
     try:
         for m in args.models:
             Darknet(MODELS.get(m, m))  # a bad cfg fails here, before minutes of timing
@@ -347,5 +352,9 @@ def main(argv: list[str]) -> int:
         print(f"mAP (VOC07) of {args.map_cfg} on {args.map_data} test: "
               + ", ".join(f"{k} {100 * v:.2f}" for k, v in maps.items()))
     if args.json:
-        Path(args.json).write_text(json.dumps({"conditions": info, "rows": rows, "map": maps}, indent=1))
+        try:
+            write_text(args.json, json.dumps({"conditions": info, "rows": rows, "map": maps}, indent=1))
+        except OSError as e:
+            print(f"yolov2 bench: error: {e}", file=sys.stderr)
+            return 1
     return 0

@@ -30,6 +30,7 @@ from yolov2.darknet.infer import FusedReorg, relative_error
 from yolov2.darknet.model import Darknet
 from yolov2.darknet.region import activate, pred_boxes, split_entries
 from yolov2.darknet.weights import WeightsError
+from yolov2.files import atomic_path
 
 OPSET = 17
 
@@ -55,7 +56,8 @@ def export_onnx(net: Darknet, out: str | Path, size: tuple[int, int] | None = No
     """Write `net` (eval mode, float32) as ONNX to `out` and check it with `onnx.checker`.
 
     size: (width, height) of the traced input (default: the cfg's); with dynamic_size any multiple of 32
-    works at run time. Batch is dynamic. Returns the path.
+    works at run time. Batch is dynamic. Returns the path. The file appears only once written and
+    checked (`yolov2.files.atomic_path`): a failure leaves no `out`, or the previous one.
     """
     import onnx  # optional dependency, needed only here
 
@@ -75,14 +77,14 @@ def export_onnx(net: Darknet, out: str | Path, size: tuple[int, int] | None = No
         dims[name] |= {1: "slots"} if with_decode else {2: "H32", 3: "W32"}
     x = torch.rand(1, net.channels, h, w, device=net.anchors.device)
     out = Path(out)
-    with warnings.catch_warnings():
+    with atomic_path(out) as tmp, warnings.catch_warnings():
         # the legacy exporter is deprecated but is the one that exports dynamic H, W here; the maxpool pads
         # it freezes are the same at every multiple of 32 (0 for 2x2/2 on even sizes, 1 for tiny's 2x2/1)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(model, (x,), str(out), dynamo=False, input_names=["images"], output_names=[name],
+        torch.onnx.export(model, (x,), str(tmp), dynamo=False, input_names=["images"], output_names=[name],
                           dynamic_axes=dims, opset_version=opset, do_constant_folding=True)
-    onnx.checker.check_model(str(out))
+        onnx.checker.check_model(str(tmp))
     return out
 
 
@@ -128,6 +130,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+OPSETS = (11, 20)  # darknet's padded maxpool needs Pad with a value input (11); the exporter's newest (20)
+
+
+def _opset(text: str) -> int:
+    lo, hi = OPSETS
+    if not text.isdigit() or not lo <= int(text) <= hi:
+        raise argparse.ArgumentTypeError(f"expected an opset from {lo} to {hi}, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m yolov2 export", description="Export a darknet cfg + weights "
                                 "to ONNX (fused float32 graph, dynamic batch).")
@@ -139,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--size", type=parse_size, help="input size N or WxH (default: the cfg's)")
     sizes.add_argument("--dynamic-size", action="store_true", help="any multiple of 32 at run time")
     p.add_argument("--with-decode", action="store_true", help="output boxes and scores per slot, not logits")
-    p.add_argument("--opset", type=int, default=OPSET)
+    p.add_argument("--opset", type=_opset, default=OPSET,
+                   help=f"ONNX opset, {OPSETS[0]} to {OPSETS[1]} (default {OPSET})")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     return p
 
@@ -159,6 +172,9 @@ def main(argv: list[str]) -> int:
     except (CfgError, WeightsError, OSError, ValueError) as e:
         print(f"yolov2 export: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("yolov2 export: interrupted; no half-written ONNX file was left", file=sys.stderr)
+        return 130
     w, h = args.size or (net.width, net.height)
     err = verify(net, out, torch.rand(2, net.channels, h, w), args.with_decode)
     print(f"{out}: ONNX opset {args.opset}, onnx.checker passed; ONNX Runtime vs PyTorch at batch 2, "

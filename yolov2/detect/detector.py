@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ from yolov2.data.voc import VOC_CLASSES, DatasetError, read_image_set
 from yolov2.detect.draw import draw_boxes
 from yolov2.detect.evaluate import RESULT_PREFIX
 from yolov2.detect.postprocess import Detections, detections_from_output
+from yolov2.files import write_bytes, write_files
 
 PRECISIONS = ("fp32", "bf16")  # the forward's number formats (yolov2.darknet.infer); see Detector.forward
 NMS_KINDS = ("sort", "obj")
@@ -100,10 +102,23 @@ class Detector:
 
 
 def detections_to_json(paths: Sequence[str], dets: Sequence[Detections], class_names: Sequence[str]) -> str:
-    """The `detect --json` document: per image its path, size and detections."""
-    return json.dumps([{"image": str(p), "width": d.width, "height": d.height,
-                        "detections": d.to_json(class_names)} for p, d in zip(paths, dets, strict=True)],
-                      indent=1)
+    """The `detect --json` document: per image its path, size and detections.
+
+    Strict JSON: a number that is not finite (a box whose size overflowed) is written as null.
+    """
+    doc = [{"image": str(p), "width": d.width, "height": d.height, "detections": d.to_json(class_names)}
+           for p, d in zip(paths, dets, strict=True)]
+    return json.dumps(_strict(doc), indent=1, allow_nan=False)
+
+
+def _strict(v):
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _strict(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_strict(x) for x in v]
+    return v
 
 
 # --------------------------------------------------------------------------- commands
@@ -119,6 +134,17 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
+
+
+def _unit(text: str) -> float:
+    """A threshold: a finite number from 0 to 1 (NaN would silently pass nothing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:  # false for NaN too
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
 
 
 def _load_net(cfg: str, weights: str, device: str | None) -> Darknet:
@@ -178,9 +204,9 @@ def _output_paths(images: Sequence[Path], out: Path, force: bool) -> list[Path]:
 def _common_args(p: argparse.ArgumentParser, thresh: float) -> None:
     p.add_argument("--cfg", required=True, help="darknet .cfg (path or shipped name)")
     p.add_argument("--weights", required=True, help="darknet .weights")
-    p.add_argument("--thresh", type=float, default=thresh,
-                   help=f"objectness and probability threshold ({thresh})")
-    p.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (.45)")
+    p.add_argument("--thresh", type=_unit, default=thresh,
+                   help=f"objectness and probability threshold, 0 to 1 ({thresh})")
+    p.add_argument("--nms", type=_unit, default=0.45, help="NMS IoU threshold, 0 to 1 (.45)")
     p.add_argument("--no-letterbox", action="store_true", help="plain resize, as the PyTorch port did")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward (8)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -197,17 +223,24 @@ def _batches(items: Sequence, size: int) -> list:
 def _run(main, argv: list[str], prog: str) -> int:
     try:
         return main(argv)
-    except (CommandError, DatasetError, ImageError, FileNotFoundError) as e:  # messages name the file
+    except (CommandError, DatasetError, ImageError, OSError) as e:  # messages name the file
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; no output file was left half-written", file=sys.stderr)
+        return 130
 
 
 def comp4_for_image_set(detector: Detector, paths: Sequence[Path], class_names: Sequence[str],
-                        batch_size: int = 8) -> dict[str, list[str]]:
+                        batch_size: int = 8, ids: Sequence[str] | None = None) -> dict[str, list[str]]:
     """`validate_detector`'s result lines, per class, for images named `<image id>.<ext>`.
 
+    ids: the image ids to write (default each file's stem, darknet's `basecfg`); an image set's ids may
+    name subfolders (`sub/000001`), and eval must see the same id.
     The next batch is decoded and letterboxed in a thread while this one runs through the network.
     """
+    ids = [q.stem for q in paths] if ids is None else list(ids)
+    image_id = dict(zip(paths, ids, strict=True))
     lines: dict[str, list[str]] = {c: [] for c in class_names}
 
     def load(chunk: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -223,7 +256,7 @@ def comp4_for_image_set(detector: Detector, paths: Sequence[Path], class_names: 
             if k + 1 < len(batches):
                 pending = pool.submit(load, batches[k + 1])
             for q, d in zip(chunk, detector.detect_batch(inputs, sizes), strict=True):
-                for c, ls in d.comp4_lines(q.stem, class_names).items():  # darknet's id: basecfg(path)
+                for c, ls in d.comp4_lines(image_id[q], class_names).items():
                     lines[c] += ls
     return lines
 
@@ -253,12 +286,20 @@ def _detect(argv: list[str]) -> int:
         for i, (q, im, d) in enumerate(zip(chunk, images, detector(images), strict=True)):
             results.append(d)
             if outs:
-                cv2.imwrite(str(outs[k * args.batch_size + i]), draw_boxes(im, d, names))
+                _write_image(outs[k * args.batch_size + i], draw_boxes(im, d, names))
             if not args.json:
                 print(f"{q}: {len(d)} detections", *d.draw_lines(args.thresh, names), sep="\n")
     if args.json:
         print(detections_to_json([str(q) for q in paths], results, names))
     return 0
+
+
+def _write_image(path: Path, bgr: np.ndarray) -> None:
+    """Encode (in the format of the extension) and write atomically: no half-written picture is left."""
+    ok, data = cv2.imencode(path.suffix, bgr)
+    if not ok:
+        raise CommandError(f"{path}: OpenCV cannot encode a {path.suffix} image")
+    write_bytes(path, data.tobytes())
 
 
 def _valid(argv: list[str]) -> int:
@@ -286,10 +327,10 @@ def _valid(argv: list[str]) -> int:
     detector = Detector(net, letterbox=not args.no_letterbox, thresh=args.thresh, nms=args.nms,
                         relative=False,  # validate_detector: pixel boxes (relative=0)
                         precision=args.precision, fused=not args.no_fuse)
-    lines = comp4_for_image_set(detector, [folder / f"{i}.jpg" for i in ids], names, args.batch_size)
+    lines = comp4_for_image_set(detector, [folder / f"{i}.jpg" for i in ids], names, args.batch_size, ids)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    for c, f in zip(names, files, strict=True):
-        f.write_text("".join(s + "\n" for s in lines[c]))
+    # all or nothing: eval must never read a set of files of which some are cut or from an older run
+    write_files({f: "".join(s + "\n" for s in lines[c]) for c, f in zip(names, files, strict=True)})
     print(f"{len(ids)} images, {sum(map(len, lines.values()))} detections -> {args.out}/{RESULT_PREFIX}*.txt")
     return 0
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from yolov2.data.labels import read_class_names
 from yolov2.data.voc import VOC_CLASSES, Annotation, DatasetError, parse_annotation, read_image_set
+from yolov2.files import read_text, write_files, write_text
 
 METRICS = ("voc07", "voc10")
 TIES = ("reference", "stable")
@@ -269,7 +270,10 @@ def load_annotations(voc_root: str | Path, year: str, image_set: str) -> dict[st
 
 
 def _parse_results_file(path: Path, known: set[str] | None) -> ClassDetections:
-    lines = path.read_text().splitlines()
+    try:
+        lines = read_text(path, DatasetError).splitlines()
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read results file: {e.strerror or e}") from None
     fields = [(n, s.split()) for n, s in enumerate(lines, 1) if s.strip()]
     for n, f in fields:
         if len(f) != 6:
@@ -320,17 +324,20 @@ def read_results(results_dir: str | Path, classes: Sequence[str] = VOC_CLASSES,
 
 def write_results(results_dir: str | Path, detections: Mapping[str, object],
                   classes: Sequence[str] = VOC_CLASSES, prefix: str = RESULT_PREFIX) -> list[Path]:
-    """Write darknet's result files (`%s %f %f %f %f %f` lines), one per class, empty ones included."""
+    """Write darknet's result files (`%s %f %f %f %f %f` lines), one per class, empty ones included.
+
+    All or nothing (`yolov2.files.write_files`): a failure leaves the folder's previous files as they were.
+    """
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    texts = {}
     for c in classes:
         dets = _as_class_dets(detections.get(c, []))
         rows = np.column_stack([dets.scores, dets.boxes]).tolist()
-        paths.append(results_dir / f"{prefix}{c}.txt")
-        paths[-1].write_text("".join(f"{i} {s:f} {a:f} {b:f} {x:f} {y:f}\n"
-                                     for i, (s, a, b, x, y) in zip(dets.image_ids, rows, strict=True)))
-    return paths
+        texts[results_dir / f"{prefix}{c}.txt"] = "".join(
+            f"{i} {s:f} {a:f} {b:f} {x:f} {y:f}\n"
+            for i, (s, a, b, x, y) in zip(dets.image_ids, rows, strict=True))
+    return write_files(texts)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -345,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=METRICS, default="voc07",
                    help="voc07: 11-point interpolated AP; voc10: area under the precision envelope")
     p.add_argument("--json", metavar="OUT", help='write {"ap": {class: ap or null}, "map": m} here')
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.add_argument("--classes", metavar="FILE", help="class names, one per line (default: VOC's 20)")
     p.add_argument("--ties", choices=TIES, default="reference",
                    help="order of equal scores: numpy's (as voc_eval.py, the default) or file order")
@@ -354,14 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.json and Path(args.json).exists() and not args.force:
+            raise DatasetError(f"{args.json}: exists (use --force to overwrite)")
+        if args.json and not Path(args.json).parent.is_dir():
+            raise DatasetError(f"{Path(args.json).parent}: no such folder for --json")
         classes = read_class_names(args.classes) if args.classes else list(VOC_CLASSES)
         annotations = load_annotations(args.voc_root, args.year, args.image_set)
         detections = read_results(args.results, classes, annotations)
-    except DatasetError as e:
+        result = evaluate_detections(annotations, detections, classes, args.metric, ties=args.ties)
+        print(result.table())
+        if args.json:
+            write_text(args.json, json.dumps(result.to_json(), indent=1) + "\n")
+    except (DatasetError, OSError) as e:
         print(f"yolov2 eval: error: {e}", file=sys.stderr)
         return 1
-    result = evaluate_detections(annotations, detections, classes, args.metric, ties=args.ties)
-    print(result.table())
-    if args.json:
-        Path(args.json).write_text(json.dumps(result.to_json(), indent=1) + "\n")
+    except KeyboardInterrupt:
+        print("yolov2 eval: interrupted; no output file was left half-written", file=sys.stderr)
+        return 130
     return 0

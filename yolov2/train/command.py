@@ -12,7 +12,9 @@ their public names are imported here too, so `from yolov2.train.command import T
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -24,10 +26,20 @@ import torch.distributed as dist
 from yolov2.darknet.cfg import CfgError
 from yolov2.darknet.model import Darknet
 from yolov2.data.image import load_image
+from yolov2.data.voc import check_image_size
 from yolov2.detect.detector import Detector
 from yolov2.detect.evaluate import evaluate_detections, load_annotations
 from yolov2.detect.postprocess import results_from_detections
-from yolov2.train.checkpoint import EVAL, SETTINGS, CheckpointError, prepare_run_dir, read_log
+from yolov2.files import read_text, write_text
+from yolov2.train.checkpoint import (
+    EVAL,
+    SETTINGS,
+    CheckpointError,
+    prepare_run_dir,
+    read_log,
+    record_file,
+    run_outputs,
+)
 from yolov2.train.runtime import Runtime, init_runtime
 from yolov2.train.settings import (
     RECIPES,
@@ -48,36 +60,43 @@ __all__ = ["RECIPES", "Runtime", "Settings", "TrainError", "TrainResult", "Train
            "read_log", "resolve", "train", "training_batch", "voc_map"]
 
 
-def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str = "darknet",
+def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str | None = None,
           loader: str | None = None, sets: list | None = None, names: str | None = None,
           max_batches: int | None = None, batch: int | None = None, subdivisions: int | None = None,
-          sizes: list[int] | None = None, learning_rate: float | None = None, seed: int = 0,
+          sizes: list[int] | None = None, learning_rate: float | None = None, seed: int | None = None,
           weights: str | None = None, pretrained: str | None = None, partial: int | None = None,
-          clear: bool = False, checkpoint_every: int = 100, final_batches: int = 200,
-          unsigned_steps: bool = False,
+          clear: bool | None = None, checkpoint_every: int | None = None, final_batches: int | None = None,
+          unsigned_steps: bool | None = None,
           device: str | None = None, workers: int | None = None, resume: bool = False,
           force: bool = False, progress: bool = True, amp: bool = True,
           eval_set: str | None = None) -> TrainResult:
     """Train `cfg` on the VOC-layout dataset at `data`, writing the run to `out_dir`.
 
-    Writes `checkpoint.pt` (every `checkpoint_every` iterations and at the end), `<cfg>_final.weights`
-    (darknet format), `log.csv` (one row per iteration, :func:`read_log`), `loss.png` and `run.json`.
-    `resume=True` continues the run in `out_dir` exactly, with the settings it was started with.
+    Writes `checkpoint.pt` (every `checkpoint_every` iterations, default 100, and at the end),
+    `<cfg>_final.weights` (darknet format), `log.csv` (one row per iteration, :func:`read_log`), `loss.png`
+    and `run.json` (the settings, and the files the run writes: `force` deletes those only). A setting left
+    None takes the recipe's or the cfg's value (recipe `darknet`, seed 0, final_batches 200).
+    `resume=True` continues the run in `out_dir` exactly, with the settings it was started with: a setting
+    given too must equal the run's, except `max_batches` (train further) and `checkpoint_every`.
     unsigned_steps: the final darknet's rate quirk (a negative step never passes; see
     :class:`yolov2.train.schedule.Schedule`), for a run that must match that darknet's rates.
     eval_set (`2007:test`): afterwards, rank 0 measures the VOC07 mAP there (:func:`voc_map`, at the
     cfg's width) and writes `eval.json`.
     """
-    s = Settings(str(cfg_path(cfg)), str(data), recipe, loader, [list(p) for p in sets] if sets else None,
-                 names, max_batches, batch, subdivisions, list(sizes) if sizes else None, learning_rate, seed,
+    given = dict(recipe=recipe, loader=loader, sets=[list(p) for p in sets] if sets else None, names=names,
+                 max_batches=max_batches, batch=batch, subdivisions=subdivisions,
+                 sizes=list(sizes) if sizes else None, learning_rate=learning_rate, seed=seed,
                  weights=weights, pretrained=pretrained, partial=partial, clear=clear,
                  checkpoint_every=checkpoint_every, final_batches=final_batches,
                  unsigned_steps=unsigned_steps)
+    unset = {f.name: None for f in dataclasses.fields(Settings)[2:]} if resume else {}
+    s = Settings(str(cfg_path(cfg)), str(data), **(unset | {k: v for k, v in given.items() if v is not None}))
     rt = init_runtime(device, workers, progress, amp)
     out = Path(out_dir)
     try:
-        if rt.main:
-            prepare_run_dir(out, resume, force)
+        if rt.main:  # the files the run reads must survive --force, and it must not write over them
+            prepare_run_dir(out, resume, force, keep=[weights, pretrained, s.cfg, names],
+                            writes=run_outputs(s.cfg))
         if rt.world > 1:
             dist.barrier()
         result = Trainer(s, rt, out, resume).run()
@@ -105,7 +124,10 @@ def voc_map(net, data: str | Path, image_set: str = "2007:test", names: list[str
         dets = {}
         for k in range(0, len(ids), batch_size):
             chunk = ids[k:k + batch_size]
-            dets.update(zip(chunk, detector([load_image(folder / f"{i}.jpg") for i in chunk]), strict=True))
+            images = [load_image(folder / f"{i}.jpg") for i in chunk]
+            for i, im in zip(chunk, images, strict=True):
+                check_image_size(annotations[i], im, folder / f"{i}.jpg")
+            dets.update(zip(chunk, detector(images), strict=True))
     finally:
         net.width, net.height = width, height
     return evaluate_detections(annotations, results_from_detections(dets, names), names, "voc07")
@@ -113,12 +135,13 @@ def voc_map(net, data: str | Path, image_set: str = "2007:test", names: list[str
 
 def evaluate_run(result: TrainResult, eval_set: str, device: torch.device) -> float:
     """mAP of a finished run's final weights on `eval_set`; writes `eval.json` beside them."""
-    s = json.loads((result.out_dir / SETTINGS).read_text())
+    s = json.loads(read_text(result.out_dir / SETTINGS))
     net = Darknet(s["cfg"])
     net.load_weights(result.weights)
     ev = voc_map(net, s["data"], eval_set, class_names(Path(s["data"]), s["names"]), device=device)
     summary = {"image_set": eval_set, "metric": "voc07", **ev.to_json()}
-    (result.out_dir / EVAL).write_text(json_dumps(summary))
+    write_text(result.out_dir / EVAL, json_dumps(summary))
+    record_file(result.out_dir, EVAL)
     return ev.map
 
 
@@ -132,40 +155,61 @@ def _arg(parse: Callable[[str], list]) -> Callable[[str], list]:
     return wrapped
 
 
+def _number(kind: type, low: float, what: str) -> Callable[[str], float]:
+    """An argparse `type`: a finite `kind` (int or float) >= low, else the parser's message."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (kind is float and low == 0 and value == 0):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+COUNT, SIZE, RATE = _number(int, 1, "an integer >= 1"), _number(int, 0, "an integer >= 0"), \
+    _number(float, 0, "a finite number > 0")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m yolov2 train", description=__doc__.split("\n")[0],
                                 epilog="Several GPUs: torchrun --nproc_per_node=K -m yolov2 train ...")
     p.add_argument("cfg", help="darknet .cfg (a path, or a shipped name such as yolov2-tiny-voc)")
     p.add_argument("data", help="VOC devkit root (holds VOC2007/, VOC2012/)")
     p.add_argument("--out", required=True, help="run directory (checkpoint, weights, log)")
-    p.add_argument("--recipe", choices=sorted(RECIPES), default="darknet")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="darknet (default) or adam")
     p.add_argument("--loader", choices=("detection", "region"),
                    help="augmentation: darknet's load_data_detection or the port's crop-jitter loader")
     p.add_argument("--sets", type=_arg(parse_sets), help="image sets, default 2007:trainval,2012:trainval "
                    "(only those present)")
     p.add_argument("--names", help="class names file (default DATA/classes.names, else the 20 VOC classes)")
-    p.add_argument("--max-batches", type=int, help="stop at this darknet batch number")
-    p.add_argument("--batch", type=int, help="images per update (darknet's batch; per GPU for darknet)")
-    p.add_argument("--subdivisions", type=int, help="forwards per update (gradient accumulation)")
+    p.add_argument("--max-batches", type=COUNT, help="stop at this darknet batch number (with --resume: "
+                   "train a run further)")
+    p.add_argument("--batch", type=COUNT, help="images per update (darknet's batch; per GPU for darknet)")
+    p.add_argument("--subdivisions", type=COUNT, help="forwards per update (gradient accumulation)")
     p.add_argument("--sizes", type=_arg(parse_sizes), help="training sizes: 416, 256,288 or 320-608 "
                    "(default: 320-608 with [region] random=1, else the cfg's width)")
-    p.add_argument("--lr", type=float, dest="learning_rate", help="base learning rate")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=RATE, dest="learning_rate", help="base learning rate")
+    p.add_argument("--seed", type=int, help="seed of every random number of the run (default 0)")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--weights", help="start from a full darknet .weights (keeps its seen)")
     start.add_argument("--pretrained", help="start from a darknet backbone (with --partial N)")
-    p.add_argument("--partial", type=int, help="load only the layers before N from --pretrained")
-    p.add_argument("--clear", action="store_true", help="reset seen to 0 after loading --weights")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="iterations between checkpoints")
-    p.add_argument("--final-batches", type=int, default=200,
+    p.add_argument("--partial", type=SIZE, help="load only the layers before N from --pretrained")
+    p.add_argument("--clear", action="store_true", default=None,
+                   help="reset seen to 0 after loading --weights")
+    p.add_argument("--checkpoint-every", type=COUNT, help="iterations between checkpoints (default 100)")
+    p.add_argument("--final-batches", type=SIZE,
                    help="train the last N batches at the largest size, as darknet (default 200; 0: off)")
-    p.add_argument("--unsigned-steps", action="store_true",
+    p.add_argument("--unsigned-steps", action="store_true", default=None,
                    help="the final darknet's rates: it compares steps as unsigned, so a step of -1 never "
                    "passes and steps=-1,100,... trains at the base rate (default: the cfg's warm-up)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--workers", type=int, help="data loader processes per rank")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    p.add_argument("--force", action="store_true", help="start over in an --out that holds a run")
+    p.add_argument("--workers", type=SIZE, help="data loader processes per rank")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly (its settings; "
+                   "--max-batches and --checkpoint-every may change, other options must equal the run's)")
+    p.add_argument("--force", action="store_true", help="train in an --out that is not empty: deletes only "
+                   "the files an earlier run recorded in its run.json, never other files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-amp", action="store_true", help="full float32 on CUDA")
     p.add_argument("--eval", dest="eval_set", metavar="YEAR:SET",
@@ -183,11 +227,25 @@ def main(argv: list[str]) -> int:
     try:
         r = train(out_dir=out, progress=progress, amp=amp, **kw)
     except (TrainError, CheckpointError, CfgError, ValueError, OSError) as e:
-        print(f"train: {e}", file=sys.stderr)
+        print(f"train: {one_line(e)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # TrainInterrupted says at which batch
+        print(f"train: {str(e) or 'interrupted; continue with --resume once a checkpoint was written'}",
+              file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained to batch {r.batches} (seen {r.seen}) in {r.elapsed:.1f} s, "
               f"{r.images_per_s:.1f} images/s\nweights: {r.weights}\nlog: {r.log}")
         if r.map is not None:
             print(f"mAP (VOC07) on {args.eval_set}: {r.map:.4f}")
     return 0
+
+
+def one_line(e: BaseException) -> str:
+    """An error's message; for one re-raised from a DataLoader worker, the original message only
+    (torch appends the worker's traceback to it)."""
+    text = str(e)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text

@@ -15,6 +15,7 @@ Recipes (:data:`RECIPES`):
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 from yolov2.darknet.cfg import CfgError, Section, stock_cfg
 from yolov2.data.labels import read_class_names
 from yolov2.data.voc import VOC_CLASSES
+from yolov2.files import decode_cfg
 from yolov2.train.schedule import Schedule
 
 RECIPES = {
@@ -33,6 +35,10 @@ RECIPES = {
 
 class TrainError(RuntimeError):
     """A training run that cannot start or continue; the message says why and what to do."""
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the message says where the run stopped and how to continue it."""
 
 
 @dataclass
@@ -92,7 +98,7 @@ def training_batch(net: Section) -> tuple[int, int]:
         return batch, subdivisions
     found = {"batch": 64, "subdivisions": 1}
     try:
-        lines = Path(net.path).read_text().splitlines()[net.line:]
+        lines = decode_cfg(Path(net.path).read_bytes()).splitlines()[net.line:]
     except OSError:
         return found["batch"], found["subdivisions"]
     for line in lines:
@@ -178,3 +184,90 @@ def class_names(root: Path, names: str | None = None) -> list[str]:
     """The class list: `names`, else `root/classes.names`, else the 20 VOC classes."""
     names = names or (str(root / "classes.names") if (root / "classes.names").is_file() else None)
     return read_class_names(names) if names else list(VOC_CLASSES)
+
+
+# --------------------------------------------------------------------------- resuming a run
+
+RESUMABLE = ("max_batches", "checkpoint_every")  # what --resume may change: how long, how often it saves
+_FLAGS = {"learning_rate": "--lr"}
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": list, "None": type(None)}
+
+
+def flag(field: str) -> str:
+    """The `train` option of a Settings field (`max_batches` -> `--max-batches`)."""
+    return _FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def _same(a, b) -> bool:
+    if a == b:
+        return True
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return isinstance(a, str) and isinstance(b, str) and Path(a).resolve() == Path(b).resolve()
+
+
+def resume_settings(run: Settings, given: Settings, where: str | Path) -> Settings:
+    """The settings a resumed run continues with: the run's own, the cfg and data paths of `given`
+    (they may have moved), and its `max_batches` and `checkpoint_every` (:data:`RESUMABLE`).
+
+    A field of `given` that is None was not given; one equal to the run's is fine; one that differs and
+    may not change is a TrainError naming its option (a resumed run is bit-identical to an uninterrupted
+    one only with the settings it started with).
+    """
+    changes = {"cfg": given.cfg, "data": given.data}
+    for f in dataclasses.fields(Settings):
+        new, old = getattr(given, f.name), getattr(run, f.name)
+        if f.name in changes or new is None or _same(new, old):
+            continue
+        if f.name not in RESUMABLE:
+            may = " and ".join(map(flag, RESUMABLE))
+            raise TrainError(f"{where}: {flag(f.name)} {new} differs from the run's {old}; a resumed run "
+                             f"keeps the settings it started with (only {may} may change). Drop "
+                             f"{flag(f.name)}, or start a new run in another --out")
+        changes[f.name] = new
+    return dataclasses.replace(run, **changes)
+
+
+def check_batches_left(where: str | Path, batch_num: int, max_batches: int, resumed: bool) -> None:
+    """A run must have batches to train: a resumed one, or one started from --weights whose `seen`
+    (darknet keeps it in the header) is already past max_batches (darknet would stop at once)."""
+    if batch_num < max_batches:
+        return
+    if resumed:
+        raise TrainError(f"{where}: the run is at batch {batch_num} and max_batches is {max_batches}: "
+                         f"nothing left to train; pass --max-batches N with N > {batch_num} to train it "
+                         f"further")
+    raise TrainError(f"{where}: its header has seen images up to batch {batch_num}, past max_batches "
+                     f"{max_batches}: nothing to train; pass --clear to count from 0, or a larger "
+                     f"--max-batches")
+
+
+def settings_problem(d: dict) -> str | None:
+    """What is wrong with a checkpoint's settings dict (keys, types, ranges), or None when it is sound."""
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    unknown, missing = sorted(set(d) - set(fields)), [n for n in fields if n not in d]
+    if unknown or missing:
+        return f"unknown keys {unknown}" if unknown else f"missing keys {missing}"
+    for name, f in fields.items():
+        v = d[name]
+        kinds = tuple(_TYPES[t.strip()] for t in str(f.type).split("|"))
+        if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
+            return f"'{name}' is {v!r}"
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"'{name}' is {v!r}"
+    counts = {"batch": 1, "subdivisions": 1, "max_batches": 1, "every": 1, "checkpoint_every": 1,
+              "final_batches": 0, "partial": 0}
+    low = [n for n, m in counts.items() if d[n] is not None and d[n] < m]
+    if low:
+        return f"'{low[0]}' is {d[low[0]]}, below {counts[low[0]]}"
+    if d["recipe"] not in RECIPES:
+        return f"unknown recipe {d['recipe']!r}"
+    if d["sizes"] is not None and not (d["sizes"] and all(isinstance(v, int) and not isinstance(v, bool)
+                                                           and v > 0 and v % 32 == 0 for v in d["sizes"])):
+        return f"'sizes' is {d['sizes']!r}, not positive multiples of 32"
+    if d["sets"] is not None and not all(isinstance(p, list) and len(p) == 2
+                                         and all(isinstance(x, str) and x for x in p) for p in d["sets"]):
+        return f"'sets' is {d['sets']!r}, not [year, image set] pairs"
+    if d["learning_rate"] is not None and d["learning_rate"] <= 0:
+        return f"'learning_rate' is {d['learning_rate']}"
+    return None

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -43,15 +42,17 @@ from yolov2.train.checkpoint import (
     CHECKPOINT,
     LOG,
     PLOT,
-    SETTINGS,
     atomic_save,
     cfg_fingerprint,
+    check_optimizer_state,
     load_checkpoint,
     make_checkpoint,
     open_log,
     plot_log,
     read_log,
+    run_outputs,
     set_rng_state,
+    write_run_record,
 )
 from yolov2.train.runtime import Runtime, all_sum, autocast, now, seed_everything
 from yolov2.train.schedule import Schedule, darknet_sgd, set_rate, update_due
@@ -59,11 +60,14 @@ from yolov2.train.settings import (
     RECIPES,
     Settings,
     TrainError,
+    TrainInterrupted,
     TrainResult,
     cfg_path,
+    check_batches_left,
     class_names,
     make_schedule,
     resolve,
+    resume_settings,
 )
 
 
@@ -130,12 +134,12 @@ class Trainer:
                  batches: Iterable | None = None):
         self.rt, self.out, self.batches = rt, out, batches
         self.fingerprint = cfg_fingerprint(s.cfg)
-        seed_everything(s.seed)
+        seed_everything(s.seed or 0)  # on resume the checkpoint's generator states replace these
         self.net = Darknet(s.cfg)
         ckpt = None
-        if resume:  # the settings of the run being continued win; cfg and data paths may have moved
+        if resume:  # the run's settings win, but for the paths (which may move) and a new --max-batches
             ckpt = load_checkpoint(out / CHECKPOINT, self.fingerprint, self.net.state_dict())
-            s = dataclasses.replace(Settings(**ckpt["settings"]), cfg=s.cfg, data=s.data)
+            s = resume_settings(Settings(**ckpt["settings"]), s, out / CHECKPOINT)
         self.seen = self._load_start(s) if ckpt is None else ckpt["seen"]
         if batches is not None and s.recipe == "adam" and not s.max_batches:
             raise TrainError("the adam recipe counts its max_batches in epochs of a dataset; with a batch "
@@ -143,6 +147,8 @@ class Trainer:
         self.dataset = self._dataset(s) if batches is None else None
         self.n_images = len(self.dataset) if batches is None else None  # None: a batch source's
         self.s = s = resolve(s, self.net, self.n_images or 0, rt.world)
+        check_batches_left(out / CHECKPOINT if ckpt is not None else s.weights, self.batch_num, s.max_batches,
+                           resumed=ckpt is not None)
         self.darknet = RECIPES[s.recipe]["optimizer"] == "sgd"
         per_rank = s.batch // rt.world if RECIPES[s.recipe]["split_batch"] else s.batch
         self.minibatch = per_rank // s.subdivisions  # images per forward on each rank
@@ -255,6 +261,7 @@ class Trainer:
                           persistent_workers=w > 0, prefetch_factor=4 if w else None)
 
     def _restore(self, ckpt: dict) -> None:
+        check_optimizer_state(self.out / CHECKPOINT, ckpt["optimizer"], self.opt)
         self.opt.load_state_dict(ckpt["optimizer"])
         if ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -262,11 +269,15 @@ class Trainer:
         if p["n_images"] != self.n_images:
             raise TrainError(f"{self.out / CHECKPOINT}: the run trained on {p['n_images']} images, "
                              f"{self.s.data or 'the batch source'} now has {self.n_images}")
+        if self.batches is None and p["batch_in_epoch"] > self.sampler.batches_per_epoch:
+            raise TrainError(f"{self.out / CHECKPOINT}: batch {p['batch_in_epoch']} of an epoch of "
+                             f"{self.sampler.batches_per_epoch} batches")
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], p["epoch"], p["batch_in_epoch"]
         self.avg_loss, self.elapsed, self.seen_start = p["avg_loss"], p["elapsed"], p["seen_start"]
         # the policy the run started with, even if the cfg's [net] was edited since
         fields = p["schedule"].items()
         self.schedule = Schedule(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields})
+        self.schedule = dataclasses.replace(self.schedule, max_batches=self.s.max_batches)  # a longer run
         set_rng_state(ckpt["rng"])
 
     # ---- one iteration
@@ -423,9 +434,7 @@ class Trainer:
         """The model as a darknet `.weights` file, its header's seen the trainer's, written atomically."""
         path = Path(path)
         self.net.seen = self.seen
-        tmp = path.with_name(f".{path.name}.tmp")
-        self.net.save_weights(tmp)
-        os.replace(tmp, path)
+        self.net.save_weights(path)  # atomic (yolov2.files)
         return path
 
     def run(self) -> TrainResult:
@@ -434,7 +443,7 @@ class Trainer:
             raise TrainError("run() writes a run directory: give the trainer one (out=...)")
         log = open_log(self.out / LOG, LOG_FIELDS, self.step) if rt.main else None
         if rt.main:
-            (self.out / SETTINGS).write_text(json_dumps(dataclasses.asdict(s)))
+            write_run_record(self.out, dataclasses.asdict(s), run_outputs(s.cfg))
         bar = tqdm(total=s.max_batches, initial=min(self.batch_num, s.max_batches), disable=not rt.progress,
                    unit="batch", dynamic_ncols=True)
         images0, t0 = self.seen, now()
@@ -448,6 +457,9 @@ class Trainer:
                 bar.set_postfix_str(postfix(row), refresh=False)
                 if self.step % s.checkpoint_every == 0:
                     self.save()
+        except KeyboardInterrupt:
+            raise TrainInterrupted(f"interrupted at batch {self.batch_num}; continue with --resume (from the "
+                                   f"last checkpoint, {self.out / CHECKPOINT})") from None
         finally:
             bar.close()
             if log:
