@@ -1,0 +1,166 @@
+"""How far apart two float32 computations are: units in the last place, bounds that hold on any
+IEEE 754 hardware, and where a measurement was made.
+
+Two correct float32 programs that compute the same formula in a different order, with another libm
+(`exp`, `log`: glibc, SLEEF, CUDA) or with fused multiply-adds, agree only to a few roundings; which
+entries come out bit for bit depends on the machine. So every exactness claim of this project is a
+bound with an argument: the number k of roundings (and libm ulps) that can separate our value from
+darknet's, each worth at most one ulp of M, the magnitude of the largest quantity it involves:
+
+    |ours − ref| <= k · ulp(max(|ref|, M))
+
+`M` (the `floor`) matters where the last operation cancels: for `1 − p` with p close to 1 the error
+is an ulp of 1, not of the small result. For a sum of n terms (a convolution) the same rule gives
+k ≈ n with M = Σ|term| (Higham, *Accuracy and Stability of Numerical Algorithms*, §3.1: each of the
+n − 1 additions errs by at most half an ulp of a partial sum, and |partial sum| <= Σ|term|).
+
+`bit_exact` and `cpu_name` are for measurements: a fraction of identical entries is reported with
+the machine it was measured on, never asserted.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ArrayLike = torch.Tensor | np.ndarray | float | Iterable[float]
+
+U32 = 2.0**-24  # float32's unit roundoff: a correctly rounded operation errs by at most U32·|result|
+
+
+def _array(x: ArrayLike) -> np.ndarray:
+    """x as a float64 numpy array (exact for float32, bf16 and fp16 inputs)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def ulp(x: ArrayLike) -> np.ndarray:
+    """The float32 ulp at |x|: the gap from |x| (rounded to float32) to the next float32 away from 0.
+
+    2^(e−23) for |x| in [2^e, 2^(e+1)), 2^-149 (the least subnormal) at 0; float64 array of x's
+    shape. ulp(1) = 2^-23 = 2·U32; for any normal x, U32·|x| < ulp(x) <= 2·U32·|x|.
+    """
+    return np.spacing(np.abs(_array(x)).astype(np.float32)).astype(np.float64)
+
+
+def ulp_errors(ours: ArrayLike, ref: ArrayLike, floor: ArrayLike = 0.0) -> np.ndarray:
+    """|ours − ref| in ulps of max(|ref|, floor), elementwise (float64, the broadcast shape).
+
+    floor: a scalar or an array broadcastable to ref (the magnitude M of the largest quantity the
+    computation involves). Entries equal bit for bit (NaN with NaN included) are 0; a NaN against
+    a number is inf.
+    """
+    a, b = np.broadcast_arrays(_array(ours), _array(ref))
+    scale = ulp(np.maximum(np.abs(b), _array(floor)))
+    with np.errstate(invalid="ignore"):
+        err = np.abs(a - b) / scale
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    return np.where(same, 0.0, np.where(np.isnan(err), np.inf, err))
+
+
+def ulp_error(ours: ArrayLike, ref: ArrayLike, floor: ArrayLike = 0.0) -> float:
+    """The largest |ours − ref| in ulps of max(|ref|, floor) (see :func:`ulp_errors`); 0 when empty."""
+    err = ulp_errors(ours, ref, floor)
+    return float(err.max()) if err.size else 0.0
+
+
+def assert_ulps(ours: ArrayLike, ref: ArrayLike, k: float, floor: ArrayLike = 0.0,
+                what: str = "values") -> float:
+    """Assert |ours − ref| <= k ulps of max(|ref|, floor) everywhere; return the largest error (ulps).
+
+    The AssertionError names `what`, by how much the bound is passed and the worst entry.
+    """
+    a, b = np.broadcast_arrays(_array(ours), _array(ref))
+    err = ulp_errors(a, b, floor)
+    worst = float(err.max()) if err.size else 0.0
+    if worst > k:
+        at = np.unravel_index(int(np.argmax(err)), err.shape)
+        m = np.broadcast_to(_array(floor), b.shape)[at]
+        unit = ulp(max(abs(b[at]), m))
+        raise AssertionError(
+            f"{what}: {worst:.3g} ulps > {k:g} ({int((err > k).sum())} of {err.size} entries over) "
+            f"at index {tuple(int(i) for i in at)}: ours {a[at]:.9g}, reference {b[at]:.9g}, "
+            f"|diff| {abs(a[at] - b[at]):.3g}, ulp of max(|ref|, floor={m:.3g}) {unit:.3g}")
+    return worst
+
+
+def sum_ulps(n: int) -> int:
+    """k for two float32 sums (or dot products) of the same n terms in any two orders: n + 1.
+
+    In ulps of M = Σ|term| (Higham §3.1): per side, n − 1 additions each err by at most half an
+    ulp of a partial sum (|partial| <= M) and the n products together by at most U32·M <= one ulp of M.
+    """
+    return n + 1
+
+
+def range_error(ours: ArrayLike, ref: ArrayLike) -> float:
+    """max |ours − ref| / max |ref| (the golden README's measure for network layers); 0 when ref is 0."""
+    a, b = _array(ours), _array(ref)
+    top = float(np.abs(b).max()) if b.size else 0.0
+    diff = float(np.abs(a - b).max()) if b.size else 0.0
+    return diff / top if top else (0.0 if diff == 0 else math.inf)
+
+
+def assert_range(ours: ArrayLike, ref: ArrayLike, bound: float, what: str = "values") -> float:
+    """Assert max |ours − ref| <= bound · max |ref|; return the measured ratio."""
+    a, b = _array(ours), _array(ref)
+    if a.shape != b.shape:
+        raise AssertionError(f"{what}: shape {a.shape} != {b.shape}")
+    err = range_error(a, b)
+    if not err <= bound:
+        at = np.unravel_index(int(np.argmax(np.abs(a - b))), b.shape)
+        raise AssertionError(f"{what}: max|diff| is {err:.3g} of max|ref| > {bound:g}, worst at "
+                             f"{tuple(int(i) for i in at)}: ours {a[at]:.9g}, reference {b[at]:.9g}")
+    return err
+
+
+def bit_exact(ours: ArrayLike, ref: ArrayLike) -> float:
+    """The fraction of entries equal bit for bit: a measurement of one machine, never a claim."""
+    a, b = np.broadcast_arrays(_array(ours), _array(ref))
+    return float(((a == b) | (np.isnan(a) & np.isnan(b))).mean()) if a.size else 1.0
+
+
+def print_margin(values: ArrayLike, decimals: int) -> float:
+    """How far the values are from changing their `f"{v:.{decimals}f}"` text: the least distance
+    of any value to a rounding boundary (a half unit of the last printed digit); inf when empty."""
+    v = _array(values).ravel() * 10.0**decimals
+    return float((np.abs(np.abs(v - np.floor(v)) - 0.5) * 10.0**-decimals).min()) if v.size else math.inf
+
+
+def assert_prints_stably(values: ArrayLike, decimals: int, err: float, what: str = "values") -> float:
+    """Assert that no change of the values by up to `err` changes their text at `decimals`
+    decimals (so a printed figure is the same on every machine whose error is within err);
+    return the margin."""
+    margin = print_margin(values, decimals)
+    if not margin > err:
+        raise AssertionError(f"{what}: a value lies {margin:.2g} from a rounding boundary of its "
+                             f"{decimals}-decimal text, within the error bound {err:.2g}: the printed "
+                             "digits could differ on another machine")
+    return margin
+
+
+def cpu_name() -> str:
+    """The machine a measurement ran on, e.g. "AMD EPYC (family 26 model 2), torch CPU kernels AVX512".
+
+    /proc/cpuinfo's model name with its family and model numbers (a virtual machine's model name
+    can be as short as "AMD EPYC"; family 26 is Zen 5) where there is one, else
+    platform.processor(); then the instruction set torch's CPU kernels dispatch to, which decides
+    their summation order and libm.
+    """
+    name, ids = platform.processor() or platform.machine() or "unknown CPU", []
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ":" in line)
+    except OSError:
+        info = {}
+    info = {k.strip().lower(): v.strip() for k, v in info.items()}
+    name = info.get("model name") or info.get("hardware") or name
+    ids = [f"{k.split()[-1]} {info[k]}" for k in ("cpu family", "model") if k in info]
+    where = f"{name} ({' '.join(ids)})" if ids else name
+    return f"{where}, torch CPU kernels {torch.backends.cpu.get_cpu_capability()}"
