@@ -24,7 +24,16 @@ from conftest import FIXTURES, shared_path
 import yolov2
 from yolov2.darknet.cfg import parse_cfg, stock_cfg
 from yolov2.darknet.region import RegionConfig, split_entries
-from yolov2.darknet.ulp import assert_ulps, print_margin, sum_ulps, ulp
+from yolov2.darknet.ulp import (
+    REGION_DELTA_ENTRIES,
+    REGION_DELTA_ULPS,
+    SOFTMAX_ULPS,
+    assert_region_delta,
+    mean_variation,
+    print_margin,
+    region_delta_magnitude,
+    ulp,
+)
 from yolov2.loss.region_loss import RegionLoss, check_inputs
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -53,50 +62,10 @@ def run_case(name: str, device: str):
     return d, loss_fn.stats, logits.grad.cpu(), loss_fn.explain(logits, truth, int(d["seen"]))
 
 
-# k per entry, in ulps of M (see delta_magnitude). Darknet's CPU forward and ours compute the same
-# float32 formulas; what can separate them is counted on both sides, each rounding worth at most
-# U32·M < 1 ulp of M:
-# x, y, objectness: s·(t − σ)·σ·(1 − σ), in darknet's -Ofast order ((δ·σ)·(1 − σ)) on both sides,
-#   from the same σ: both round a double σ to float, which can differ by one ulp only where the
-#   double lies within a double ulp of a float tie (another libm's exp). That ulp moves the delta
-#   by at most 1.25·s·U32 (|∂/∂σ| <= s(¼ + 1)), and then the 5 roundings after it differ on each
-#   side: 2 + 2·5 = 12.
-K_BOX = 12
-# w, h: s·(t − z) with t = log(w·W/aw). The log's argument may differ by 3 roundings (darknet's
-#   -Ofast turns /aw into ·(1/aw); the prior pull's target log((aw/W)·W/aw) is exactly 0 here and
-#   up to 2 roundings off 0 in darknet's float): 3 ulps of 1 in t. The log itself: darknet's
-#   double log rounded (½ ulp), a float32 logf (<= 1 ulp: glibc, SLEEF, CUDA). Then t − z and s·d,
-#   2 roundings a side, of values up to 2M: 3 + 3 + 2·2·2 = 14.
-K_WH = 14
-# classes: onehot − p, p = e_c / Σe (C = 20 exps, 19 additions in any order, one division; CPU
-#   torch multiplies by 1/Σ: 2 roundings). In U32·p: exp 1 (darknet's double exp rounded) and 4
-#   (a float expf within 2 ulps: 1 for SLEEF, 2 for CUDA), the sums 19 + 19 (positive terms: at
-#   most (C − 1)·U32·Σ each), normalisation 1 + 2: |Δp| <= 46·U32·p. Then onehot − p and
-#   ·class_scale, 2 roundings a side: 50, with M = max(p, onehot) (the true class's 1 − p).
-K_CLASS = 50
-
-
-def delta_magnitude(a, z: torch.Tensor) -> torch.Tensor:
-    """M for every entry of darknet's delta, (N, A, 5+C, H, W): the largest quantity its formula
-    involves. Entries 0-4: s·max(1, |t|, |p|) (scale s, target t, activated output p; the 1
-    because t and σ are at most 1 and a log's argument is close to 1); classes: class_scale·
-    max(softmax, onehot); 0 where darknet writes nothing (so those entries must be exactly 0)."""
-    s = torch.cat((a.coord_scale.unsqueeze(2).expand_as(a.coord_target), a.obj_scale.unsqueeze(2)), 2)
-    t = torch.cat((a.coord_target, a.obj_target.unsqueeze(2)), 2)  # (N, A, 5, H, W)
-    box = s * torch.maximum(t.abs(), a.output.abs()).clamp(min=1)
-    p = torch.softmax(z[:, :, 5:], 2)  # (N, A, C, H, W)
-    onehot = torch.zeros_like(p).scatter_(2, a.class_target.clamp(min=0).unsqueeze(2), 1.0)
-    return torch.cat((box, a.class_scale.unsqueeze(2) * torch.maximum(p, onehot)), 2)
-
-
-def assert_darknets_delta(grad: torch.Tensor, d: dict, a, what: str) -> None:
-    """-grad within K_BOX / K_WH / K_CLASS ulps of M of darknet's delta_logit (grad: (N, A*25, H, W))."""
-    ours, ref = -split_entries(grad.cpu(), 5), split_entries(torch.tensor(d["delta_logit"]), 5)
-    m = delta_magnitude(a, split_entries(torch.tensor(d["input"], device=a.output.device), 5)).cpu()
-    for entries, k, part in ((slice(0, 2), K_BOX, "x, y"), (slice(4, 5), K_BOX, "objectness"),
-                             (slice(2, 4), K_WH, "w, h"), (slice(5, 25), K_CLASS, "classes")):
-        assert_ulps(ours[:, :, entries], ref[:, :, entries], k, floor=m[:, :, entries],
-                    what=f"{what}, {part}")
+def assert_darknets_delta(grad: torch.Tensor, d: dict, a, what: str) -> dict[str, float]:
+    """-grad (N, A*25, H, W) within REGION_DELTA_ULPS (yolov2.darknet.ulp) of darknet's delta_logit."""
+    ref, z = (split_entries(torch.tensor(d[key]), 5) for key in ("delta_logit", "input"))
+    return assert_region_delta(-split_entries(grad.cpu(), 5), ref, a, z, what)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -106,16 +75,33 @@ def test_gradient_is_darknets_delta(name, device):
     assert_darknets_delta(grad, d, a, f"{name} on {device}")
 
 
+def test_the_bound_catches_one_ulp_too_many():
+    """K + 1 ulps of M off darknet, in any part, fails; an entry darknet leaves at 0 must stay 0."""
+    d, _, grad, a = run_case("p06", "cpu")
+    ref, z = (split_entries(torch.tensor(d[key]), 5) for key in ("delta_logit", "input"))
+    m = region_delta_magnitude(a, z)
+    pos = tuple(torch.nonzero(a.positive)[0].tolist())  # (b, n, j, i) of a positive slot
+    for part, e in REGION_DELTA_ENTRIES.items():
+        entry = (pos[0], pos[1], e.start, *pos[2:])
+        ours = -split_entries(grad, 5).clone()
+        ours[entry] = ref[entry] + (REGION_DELTA_ULPS[part] + 1) * float(ulp(max(abs(ref[entry]), m[entry])))
+        with pytest.raises(AssertionError, match=f"{part}: "):
+            assert_region_delta(ours, ref, a, z)
+    ours = -split_entries(grad, 5).clone()
+    neg = torch.nonzero(~a.positive)[0].tolist()
+    ours[neg[0], neg[1], 7, neg[2], neg[3]] = 1e-30  # a class delta where darknet writes none
+    with pytest.raises(AssertionError, match="classes: "):
+        assert_region_delta(ours, ref, a, z)
+
+
 # What the printed diagnostics can move by, from one machine to another and from darknet's float
-# sums: each is a float32 mean of n terms (n = count, or every slot of the batch for No Obj), so
-# sum_ulps(n) ulps of the sum (any order), a division, and for Class the softmax (46 ulps of p, as
-# in K_CLASS before its last 4 roundings). IoUs and σ are the same float operations on the same
-# floats as darknet's; Avg Recall is a count over count.
+# sums: each is a float32 mean of n terms (n = count, or every slot of the batch for No Obj), and
+# Class's terms are softmax probabilities (SOFTMAX_ULPS). IoUs and σ are the same float operations
+# on the same floats as darknet's; Avg Recall is a count over count, exact.
 def stat_variation(key: str, value: float, n: int) -> float:
     if key == "avg_recall":
         return 0.0
-    terms = sum_ulps(n) + (46 if key == "class" else 0)
-    return float(terms * ulp(value * n) / n + ulp(value))
+    return mean_variation(value, n, SOFTMAX_ULPS if key == "class" else 0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

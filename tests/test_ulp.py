@@ -15,6 +15,7 @@ from yolov2.darknet.ulp import (
     assert_ulps,
     bit_exact,
     cpu_name,
+    mean_variation,
     print_margin,
     range_error,
     sum_ulps,
@@ -125,3 +126,17 @@ def test_print_margin():
 def test_cpu_name_says_where():
     name = cpu_name()
     assert isinstance(name, str) and name and "torch CPU kernels" in name
+
+
+def test_mean_variation_covers_two_orders():
+    rng = np.random.default_rng(1)
+    for n in (1, 5, 33, 5415):
+        t = rng.random(n).astype(np.float32)
+        forward, backward = np.float32(0), np.float32(0)
+        for v in t:
+            forward = np.float32(forward + v)
+        for v in t[::-1]:
+            backward = np.float32(backward + v)
+        means = np.float32(forward / np.float32(n)), np.float32(backward / np.float32(n))
+        assert abs(float(means[0]) - float(means[1])) <= mean_variation(float(means[0]), n)
+    assert mean_variation(0.5, 10, term_ulps=46) > mean_variation(0.5, 10)

@@ -14,6 +14,7 @@ is an ulp of 1, not of the small result. For a sum of n terms (a convolution) th
 k ≈ n with M = Σ|term| (Higham, *Accuracy and Stability of Numerical Algorithms*, §3.1: each of the
 n − 1 additions errs by at most half an ulp of a partial sum, and |partial sum| <= Σ|term|).
 
+The last section holds such a count for darknet's region-layer delta (the loss's oracle).
 `bit_exact` and `cpu_name` are for measurements: a fraction of identical entries is reported with
 the machine it was measured on, never asserted.
 """
@@ -24,6 +25,7 @@ import math
 import platform
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -99,6 +101,16 @@ def sum_ulps(n: int) -> int:
     return n + 1
 
 
+def mean_variation(value: float, n: int, term_ulps: float = 0.0) -> float:
+    """How far two float32 means of the same n >= 0 terms can be apart (any order), absolute.
+
+    value: the mean (>= 0); term_ulps: how many ulps (of each term) the terms themselves may
+    differ by. sum_ulps(n) + term_ulps ulps of the sum n·value, divided by n, and the division's
+    own rounding on each side (<= 1 ulp of the mean).
+    """
+    return float((sum_ulps(n) + term_ulps) * ulp(value * n) / max(n, 1) + ulp(value))
+
+
 def range_error(ours: ArrayLike, ref: ArrayLike) -> float:
     """max |ours − ref| / max |ref| (the golden README's measure for network layers); 0 when ref is 0."""
     a, b = _array(ours), _array(ref)
@@ -164,3 +176,71 @@ def cpu_name() -> str:
     ids = [f"{k.split()[-1]} {info[k]}" for k in ("cpu family", "model") if k in info]
     where = f"{name} ({' '.join(ids)})" if ids else name
     return f"{where}, torch CPU kernels {torch.backends.cpu.get_cpu_capability()}"
+
+
+# ------------------------------------------------------------------------------- darknet's region delta
+# k for darknet's delta_logit (src/region_layer.c, forward_region_layer and backward_region_layer_gpu's
+# logistic gradient) against a float32 program that computes the same formulas, in ulps of M (see
+# region_delta_magnitude). What can separate the two is counted on both sides, each rounding worth
+# at most U32·M < 1 ulp of M:
+# - x, y, objectness: s·(t − σ)·σ·(1 − σ), in darknet's -Ofast order ((δ·σ)·(1 − σ)), from the
+#   same σ: both round a double σ to float, which can differ by one ulp only where the double lies
+#   within a double ulp of a float tie (another libm's exp decides). That ulp moves the delta by at
+#   most 1.25·s·U32 (|∂/∂σ| <= s·(¼ + 1)), and then the 5 roundings after it differ on each side:
+#   2 + 2·5 = 12.
+# - w, h: s·(t − z), t = log(w·W/aw). The log's argument may differ by 3 roundings (darknet's -Ofast
+#   turns /aw into ·(1/aw); the prior pull's target log((aw/W)·W/aw) is 0 in double and up to 2
+#   roundings off 0 in darknet's float): 3 ulps of 1 in t. The log: darknet's double log rounded
+#   (½ ulp), a float32 logf (<= 1 ulp: glibc, SLEEF, CUDA). Then t − z and s·d, 2 roundings a side,
+#   of values up to 2M: 3 + 3 + 2·2·2 = 14.
+# - classes: onehot − p, p = e_c / Σe (C = 20 exps, 19 additions in any order, one division; CPU
+#   torch multiplies by 1/Σ: 2 roundings). In U32·p: exp 1 (darknet: double exp, rounded) and 4
+#   (a float expf within 2 ulps: 1 for SLEEF, 2 for CUDA), the sums 19 + 19 (positive terms: at
+#   most (C − 1)·U32·Σ each), normalisation 1 + 2: |Δp| <= 46·U32·p (SOFTMAX_ULPS). Then onehot − p
+#   and ·class_scale, 2 roundings a side: 50, with M = max(p, onehot) (the true class's 1 − p).
+SOFTMAX_ULPS = 46  # a 20-class softmax, relative to p (the classes' count without the last 4)
+REGION_DELTA_ULPS = {"x, y": 12, "w, h": 14, "objectness": 12, "classes": 50}
+REGION_DELTA_ENTRIES = {"x, y": slice(0, 2), "w, h": slice(2, 4), "objectness": slice(4, 5),
+                        "classes": slice(5, None)}
+
+
+class RegionRules(Protocol):
+    """What region_delta_magnitude reads: yolov2.loss.assign.Assignment's per-slot fields."""
+
+    coord_scale: torch.Tensor  # (N, A, H, W)
+    coord_target: torch.Tensor  # (N, A, 4, H, W)
+    obj_scale: torch.Tensor  # (N, A, H, W)
+    obj_target: torch.Tensor  # (N, A, H, W)
+    output: torch.Tensor  # (N, A, 5, H, W)
+
+    @property
+    def class_scale(self) -> torch.Tensor: ...  # (N, A, H, W)
+
+    @property
+    def class_target(self) -> torch.Tensor: ...  # (N, A, H, W) int64, -1 where no truth
+
+
+def region_delta_magnitude(a: RegionRules, z: torch.Tensor) -> torch.Tensor:
+    """M for every entry of darknet's region delta, (N, A, 5+C, H, W): the largest quantity its
+    formula involves, from the rules' scales s and targets t and the logits z (N, A, 5+C, H, W).
+
+    Entries 0-4: s·max(1, |t|, |p|), p the activated output (t and σ are at most 1, and a log's
+    argument is close to 1); classes: class_scale·max(softmax, onehot). It is 0 where darknet
+    writes no delta, so those entries must come out exactly 0.
+    """
+    s = torch.cat((a.coord_scale.unsqueeze(2).expand_as(a.coord_target), a.obj_scale.unsqueeze(2)), 2)
+    t = torch.cat((a.coord_target, a.obj_target.unsqueeze(2)), 2)  # (N, A, 5, H, W)
+    box = s * torch.maximum(t.abs(), a.output.abs()).clamp(min=1)
+    p = torch.softmax(z[:, :, 5:].float(), 2)  # (N, A, C, H, W)
+    onehot = torch.zeros_like(p).scatter_(2, a.class_target.clamp(min=0).unsqueeze(2), 1.0)
+    return torch.cat((box, a.class_scale.unsqueeze(2) * torch.maximum(p, onehot)), 2)
+
+
+def assert_region_delta(ours: torch.Tensor, ref: torch.Tensor, a: RegionRules, z: torch.Tensor,
+                        what: str = "delta") -> dict[str, float]:
+    """Assert ours within REGION_DELTA_ULPS of darknet's delta ref, part by part; return the
+    largest error of each part in ulps of M. ours, ref, z: (N, A, 5+C, H, W); a: the rules."""
+    m = region_delta_magnitude(a, z.to(a.output.device)).cpu()
+    return {part: assert_ulps(ours[:, :, e], ref[:, :, e], REGION_DELTA_ULPS[part], floor=m[:, :, e],
+                              what=f"{what}, {part}")
+            for part, e in REGION_DELTA_ENTRIES.items()}
