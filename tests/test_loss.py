@@ -27,11 +27,10 @@ from yolov2.darknet.region import RegionConfig, split_entries
 from yolov2.darknet.ulp import (
     REGION_DELTA_ENTRIES,
     REGION_DELTA_ULPS,
-    SOFTMAX_ULPS,
     assert_region_delta,
-    mean_variation,
     print_margin,
     region_delta_magnitude,
+    region_stat_variation,
     ulp,
 )
 from yolov2.loss.region_loss import RegionLoss, check_inputs
@@ -94,16 +93,6 @@ def test_the_bound_catches_one_ulp_too_many():
         assert_region_delta(ours, ref, a, z)
 
 
-# What the printed diagnostics can move by, from one machine to another and from darknet's float
-# sums: each is a float32 mean of n terms (n = count, or every slot of the batch for No Obj), and
-# Class's terms are softmax probabilities (SOFTMAX_ULPS). IoUs and σ are the same float operations
-# on the same floats as darknet's; Avg Recall is a count over count, exact.
-def stat_variation(key: str, value: float, n: int) -> float:
-    if key == "avg_recall":
-        return 0.0
-    return mean_variation(value, n, SOFTMAX_ULPS if key == "class" else 0)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_stats_are_darknets_diagnostics(name, device):
@@ -120,7 +109,7 @@ def test_stats_are_darknets_diagnostics(name, device):
         if math.isnan(want):  # darknet printed -nan: count == 0
             assert math.isnan(stats[key]) and stats["count"] == 0 and printed[fields[key]] == "-nan"
             continue
-        var = stat_variation(key, stats[key], n_slots if key == "no_obj" else stats["count"])
+        var = region_stat_variation(key, stats[key], stats["count"], n_slots)
         assert abs(stats[key] - want) <= 5e-7 + var, (key, stats[key], want, var)
         if print_margin([stats[key]], 6) > var:  # the same text on every machine: it must be darknet's
             assert f"{stats[key]:f}" == printed[fields[key]], key

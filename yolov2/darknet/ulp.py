@@ -244,3 +244,13 @@ def assert_region_delta(ours: torch.Tensor, ref: torch.Tensor, a: RegionRules, z
     return {part: assert_ulps(ours[:, :, e], ref[:, :, e], REGION_DELTA_ULPS[part], floor=m[:, :, e],
                               what=f"{what}, {part}")
             for part, e in REGION_DELTA_ENTRIES.items()}
+
+
+def region_stat_variation(key: str, value: float, count: int, slots: int) -> float:
+    """How far one of darknet's printed diagnostics (`Region Avg IOU: ...`) can move between two
+    float32 programs, absolute: a mean of `count` terms (of every one of the batch's `slots` for
+    No Obj) summed in any order; Class's terms are softmax probabilities (SOFTMAX_ULPS). IoUs and
+    σ are the same float operations on the same floats; Avg Recall is a count over count: exact."""
+    if key == "avg_recall":
+        return 0.0
+    return mean_variation(value, slots if key == "no_obj" else count, SOFTMAX_ULPS if key == "class" else 0)
