@@ -15,6 +15,7 @@ from yolov2.darknet.ulp import (
     assert_ulps,
     bit_exact,
     cpu_name,
+    layer_bound,
     mean_variation,
     print_margin,
     range_error,
@@ -140,3 +141,28 @@ def test_mean_variation_covers_two_orders():
         means = np.float32(forward / np.float32(n)), np.float32(backward / np.float32(n))
         assert abs(float(means[0]) - float(means[1])) <= mean_variation(float(means[0]), n)
     assert mean_variation(0.5, 10, term_ulps=46) > mean_variation(0.5, 10)
+
+
+@torch.no_grad()
+def test_layer_bound_covers_a_float32_convolution_and_no_more():
+    """A batch-norm conv layer in float32 against the same layer in float64 (the exact value, for
+    float32 purposes) stays within layer_bound; k + 1 ulps of M off does not."""
+    from yolov2.darknet.cfg import stock_cfg
+    from yolov2.darknet.model import Darknet
+
+    net = Darknet(stock_cfg("yolov2-tiny-synth")).eval()
+    conv = net.layers[2]  # 3x3, 8 -> 16 filters, batch norm, leaky
+    gen = torch.Generator().manual_seed(0)
+    conv.bn.running_mean.normal_(0, 0.5, generator=gen)
+    conv.bn.running_var.uniform_(1e-4, 2.0, generator=gen)
+    conv.bn.weight.normal_(0, 1, generator=gen)
+    x = torch.randn(2, conv.conv.in_channels, 12, 12, generator=gen)
+    k, m = layer_bound(conv, x)
+    assert k == 2 * sum_ulps(8 * 9) + 16 and m.shape == (2, 16, 12, 12)
+    exact = conv.double()(x.double())
+    out = conv.float()(x)
+    assert_ulps(out, exact, k, floor=m)
+    off = exact + (k + 1) * torch.from_numpy(ulp(torch.maximum(exact.abs(), m)))
+    with pytest.raises(AssertionError, match="ulps >"):
+        assert_ulps(off, exact, k, floor=m)
+    assert layer_bound(net.layers[1], x) == (0.0, 0.0)  # a maxpool is exact
