@@ -14,9 +14,12 @@ is an ulp of 1, not of the small result. For a sum of n terms (a convolution) th
 k ≈ n with M = Σ|term| (Higham, *Accuracy and Stability of Numerical Algorithms*, §3.1: each of the
 n − 1 additions errs by at most half an ulp of a partial sum, and |partial sum| <= Σ|term|).
 
-The last section holds such a count for darknet's region-layer delta (the loss's oracle).
-`bit_exact` and `cpu_name` are for measurements: a fraction of identical entries is reported with
-the machine it was measured on, never asserted.
+Then the counts themselves, each next to its argument: darknet's layers fed the same input
+(`layer_bound`), whole networks (`NET_RANGE_BOUND`, a tolerance: no useful worst case exists, and
+`Nudged` to check discrete results against it), boxes and their overlaps (`BOX_ULPS`,
+`iou_error_bound`), darknet's region-layer delta and printed diagnostics (`REGION_DELTA_ULPS`,
+`region_stat_variation`). `bit_exact` and `cpu_name` are for measurements: a fraction of identical
+entries is reported with the machine it was measured on, never asserted.
 """
 
 from __future__ import annotations
