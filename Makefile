@@ -85,7 +85,7 @@ test-browser: venv
 book: venv vendor cache-mode
 	$(JB)
 
-# Strip outputs from the chapters before committing (cells marked NBVAL_CHECK_OUTPUT keep theirs).
+# Strip outputs from the chapters before committing (cells tagged nbval-check-output keep theirs).
 strip: venv
 	$(PY) tools/strip_notebooks.py book/*.ipynb
 
