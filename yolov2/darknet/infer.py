@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from yolov2.darknet.layers import ACTIVATIONS, Convolutional, MaxPool, Reorg, check_input
+from yolov2.darknet.layers import ACTIVATIONS, Convolutional, MaxPool, Reorg, check_input, pad_value
 
 PRECISIONS = ("fp32", "bf16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -125,7 +125,7 @@ def darknet_maxpool(layer: MaxPool, x: Tensor) -> Tensor:
     top, bottom = layer._pads(x.shape[-2], oh)
     left, right = layer._pads(x.shape[-1], ow)
     if top or bottom or left or right:  # tiny's 2x2/1 maxpool: one row and column on the bottom/right
-        x = F.pad(x, (left, right, top, bottom), value=torch.finfo(x.dtype).min)
+        x = F.pad(x, (left, right, top, bottom), value=pad_value(x.dtype))
     return F.max_pool2d(x, layer.size, layer.stride) if _exporting() else layer._max_of_taps(x, oh, ow)
 
 

@@ -141,7 +141,10 @@ class Convolutional(Layer):
 
 
 class MaxPool(Layer):
-    """`[maxpool]` with darknet's padding: out-of-range taps count as -FLT_MAX, never as 0."""
+    """`[maxpool]` with darknet's padding: out-of-range taps count as -FLT_MAX, never as 0.
+
+    Under autocast (bf16, fp16) the pad is the most negative value of the tensor's dtype, which
+    every real tap is at least; in float32 that is -FLT_MAX, darknet's value, bit for bit."""
 
     kind = "maxpool"
 
@@ -171,7 +174,8 @@ class MaxPool(Layer):
         left, right = self._pads(x.shape[-1], ow)
         if top or bottom or left or right:
             # size 2 stride 1 (tiny layer 11): pad right/bottom by 1 with -FLT_MAX, so 13x13 stays 13x13
-            x = F.pad(x, (left, right, top, bottom), value=-FLT_MAX)
+            # (-FLT_MAX overflows bf16 and fp16: their own lowest value plays its part there)
+            x = F.pad(x, (left, right, top, bottom), value=pad_value(x.dtype))
         if torch.is_grad_enabled() and x.requires_grad:
             # its backward sends each delta to the first maximal tap, like darknet's l.indexes
             return F.max_pool2d(x, self.size, self.stride)
@@ -193,6 +197,11 @@ class MaxPool(Layer):
         return f"{self.name}: {self.size}x{self.size}/{self.stride}"
 
 
+def pad_value(dtype: torch.dtype) -> float:
+    """The maxpool's out-of-range tap in `dtype`: its most negative finite value (float32: -FLT_MAX)."""
+    return torch.finfo(dtype).min
+
+
 class Route(Layer):
     """`[route]`: the listed layers' outputs concatenated along channels, in the listed order."""
 
@@ -209,6 +218,7 @@ class Route(Layer):
         self.sources = absolute
 
     def forward(self, *xs: Tensor) -> Tensor:
+        # under autocast every input is the autocast dtype; cat promotes a mixed list to the widest
         return xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
 
     def output_shape(self, *shapes: Shape) -> Shape:

@@ -68,7 +68,7 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
           clear: bool | None = None, checkpoint_every: int | None = None, final_batches: int | None = None,
           unsigned_steps: bool | None = None,
           device: str | None = None, workers: int | None = None, resume: bool = False,
-          force: bool = False, progress: bool = True, amp: bool = True,
+          force: bool = False, progress: bool = True, amp: bool | None = None,
           eval_set: str | None = None) -> TrainResult:
     """Train `cfg` on the VOC-layout dataset at `data`, writing the run to `out_dir`.
 
@@ -211,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="train in an --out that is not empty: deletes only "
                    "the files an earlier run recorded in its run.json, never other files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-amp", action="store_true", help="full float32 on CUDA")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision: bf16/fp16 autocast on CUDA (the default there), bf16 autocast and "
+                   "channels_last on a CPU with AVX512-BF16 or AMX (off by default: float32, darknet's "
+                   "arithmetic); --no-amp: float32 everywhere")
     p.add_argument("--eval", dest="eval_set", metavar="YEAR:SET",
                    help="afterwards, the VOC07 mAP on this image set (e.g. 2007:test)")
     return p
@@ -220,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     kw = vars(args)
-    out, progress, amp = kw.pop("out"), not kw.pop("no_progress"), not kw.pop("no_amp")
+    out, progress, amp = kw.pop("out"), not kw.pop("no_progress"), kw.pop("amp")
     if (kw["pretrained"] is None) != (kw["partial"] is None):
         print("train: --pretrained and --partial go together", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from yolov2.darknet.infer import bf16_supported
 from yolov2.train.settings import TrainError
 
 
@@ -30,22 +31,47 @@ class Runtime:
     world: int = 1
     workers: int = 0
     progress: bool = True
-    amp: bool = True
+    amp: bool | None = None  # None: the device's default, on for CUDA, off (float32) on the CPU
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
     @property
+    def amp_on(self) -> bool:
+        return self.device.type == "cuda" if self.amp is None else self.amp
+
+    @property
     def amp_dtype(self) -> torch.dtype | None:
-        """bf16 where the GPU has it, else fp16 (with a GradScaler); None on CPU or with amp off."""
-        if not self.amp or self.device.type != "cuda":
+        """The autocast dtype: on CUDA bf16 where the GPU has it, else fp16 (with a GradScaler); on the
+        CPU bf16 (needs AVX512-BF16 or AMX, :func:`check_amp`); None with amp off (float32)."""
+        if not self.amp_on:
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if self.device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """channels_last on CUDA and under CPU bf16 autocast (oneDNN's AMX/AVX512-BF16 kernels want it);
+        NCHW for CPU float32, whose results are darknet's."""
+        cpu_fp32 = self.device.type == "cpu" and self.amp_dtype is None
+        return torch.contiguous_format if cpu_fp32 else torch.channels_last
 
 
-def init_runtime(device: str | None, workers: int | None, progress: bool, amp: bool) -> Runtime:
-    """Join the process group torchrun set up (WORLD_SIZE > 1), pick the device: cuda:LOCAL_RANK, or cpu."""
+def check_amp(rt: Runtime) -> None:
+    """A TrainError unless this runtime's mixed precision can run here (CPU AMP needs native bf16)."""
+    if rt.device.type == "cpu" and rt.amp_on and not bf16_supported("cpu"):
+        raise TrainError("--amp on the CPU trains in bf16, which needs AVX512-BF16 or AMX (and PyTorch with "
+                         "oneDNN); this CPU has neither: train without --amp (float32)")
+    if rt.device.type not in ("cpu", "cuda") and rt.amp_on:
+        raise TrainError(f"--amp: mixed precision runs on cpu or cuda, not {rt.device.type}; use --no-amp")
+
+
+def init_runtime(device: str | None, workers: int | None, progress: bool, amp: bool | None) -> Runtime:
+    """Join the process group torchrun set up (WORLD_SIZE > 1), pick the device: cuda:LOCAL_RANK, or cpu.
+
+    amp: mixed precision (None: on for CUDA, off on the CPU); a TrainError where it cannot run."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     want = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -62,7 +88,9 @@ def init_runtime(device: str | None, workers: int | None, progress: bool, amp: b
     if workers is None:
         cpus = os.cpu_count() or 1
         workers = min(8, max(1, cpus // world - 1)) if dev.type == "cuda" else min(2, max(0, cpus - 1))
-    return Runtime(dev, rank, world, workers, progress and rank == 0, amp)
+    rt = Runtime(dev, rank, world, workers, progress and rank == 0, amp)
+    check_amp(rt)
+    return rt
 
 
 def all_sum(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
@@ -80,9 +108,9 @@ def seed_everything(seed: int) -> None:
 
 
 def autocast(rt: Runtime):
-    """Mixed precision on CUDA (bf16 or fp16), nothing on CPU."""
+    """The forward's mixed precision: CUDA bf16 or fp16, CPU bf16; nothing with amp off."""
     dtype = rt.amp_dtype
-    return torch.autocast("cuda", dtype=dtype) if dtype else nullcontext()
+    return torch.autocast(rt.device.type, dtype=dtype) if dtype else nullcontext()
 
 
 def now() -> float:

@@ -54,7 +54,7 @@ from yolov2.train.checkpoint import (
     set_rng_state,
     write_run_record,
 )
-from yolov2.train.runtime import Runtime, all_sum, autocast, now, seed_everything
+from yolov2.train.runtime import Runtime, all_sum, autocast, check_amp, now, seed_everything
 from yolov2.train.schedule import Schedule, darknet_sgd, set_rate, update_due
 from yolov2.train.settings import (
     RECIPES,
@@ -166,10 +166,11 @@ class Trainer:
 
         cfg: a cfg path or a shipped cfg's name; weights: a darknet `.weights` to start from (its
         header's seen too, as darknet; `clear=True` resets it); out: the run directory for
-        :meth:`run` and :meth:`save` (None: nothing is written); amp: mixed precision on CUDA (off:
-        float32, darknet's arithmetic). `settings` are the other :class:`Settings` fields, e.g.
-        `batch`, `subdivisions`, `unsigned_steps`. The batch source is described in the class's
-        docstring; drive it with :meth:`train_datum` (one forward), :meth:`iteration` or :meth:`run`.
+        :meth:`run` and :meth:`save` (None: nothing is written); amp: mixed precision, CUDA bf16/fp16
+        or CPU bf16 autocast (off: float32, darknet's arithmetic; CPU bf16 needs AVX512-BF16 or AMX).
+        `settings` are the other :class:`Settings` fields, e.g. `batch`, `subdivisions`, `unsigned_steps`.
+        The batch source is described in the class's docstring; drive it with :meth:`train_datum`
+        (one forward), :meth:`iteration` or :meth:`run`.
         """
         s = Settings(str(cfg_path(cfg)), "", weights=str(weights) if weights else None, **settings)
         rt = Runtime(torch.device(device), progress=False, amp=amp)
@@ -207,8 +208,8 @@ class Trainer:
 
     def _build(self, ckpt: dict | None) -> None:
         s, rt = self.s, self.rt
-        fmt = torch.channels_last if rt.device.type == "cuda" else torch.contiguous_format
-        self.net.to(rt.device, memory_format=fmt)
+        check_amp(rt)
+        self.net.to(rt.device, memory_format=rt.memory_format)
         if ckpt is not None:
             self.net.load_state_dict(ckpt["model"])
         self.model = self.net
@@ -306,7 +307,7 @@ class Trainer:
                 self._it, self.epoch, self.batch_in_epoch = None, self.epoch + 1, 0
                 continue
             self.batch_in_epoch += 1
-            fmt = torch.channels_last if self.rt.device.type == "cuda" else torch.contiguous_format
+            fmt = self.rt.memory_format
             return (images.to(self.rt.device, non_blocking=True, memory_format=fmt),
                     truths.to(self.rt.device, non_blocking=True))
 
@@ -340,7 +341,7 @@ class Trainer:
                              f"forward takes batch/subdivisions = {self.minibatch} images and "
                              f"({self.minibatch}, T, 5) truths")
         self.batch_in_epoch += 1
-        fmt = torch.channels_last if self.rt.device.type == "cuda" else torch.contiguous_format
+        fmt = self.rt.memory_format
         return (images.to(self.rt.device, torch.float32, memory_format=fmt),
                 truths.to(self.rt.device, torch.float32))
 
