@@ -217,3 +217,20 @@ def test_train_cli_amp_flag(cpu_bf16, monkeypatch, voc, tmp_path, capsys):
         seen.clear()
         assert train_main([*base, "--out", str(tmp_path / f"run{k}"), *flag]) == 0, capsys.readouterr().err
         assert seen and set(seen) == {want}
+
+
+def test_bench_train_tiny_prints_fp32_and_bf16_side_by_side(cpu_bf16, monkeypatch, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "bf16_supported", lambda device="cpu": True)
+    result = bench.main(["--tiny", "--device", "cpu"])
+    assert list(result) == ["fp32", "bf16"]
+    assert all(r[k] > 0 for r in result.values() for k in ("pipeline", "trainer", "floor"))
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("| precision | pipeline on | trainer | floor |") and len(out) == 5
+    assert out[3].startswith("| fp32 |") and out[4].startswith("| bf16 |")
+    assert out[3].split("|")[6].strip() == "1.00x"  # fp32 against itself

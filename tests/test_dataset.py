@@ -117,6 +117,30 @@ def test_collate(records):
     torch.testing.assert_close(truths[1], ds[Sample(0, 320, 0)][1])
 
 
+def test_collate_keeps_each_canvas_bit_for_bit_in_a_channels_last_batch(records):
+    ds = DetectionDataset(records, synth.SYNTH_CLASSES, augmenter(), seed=2)
+    items = [ds[Sample(i, 352, 0)] for i in (1, 4)]
+    images, _, _ = collate(items)
+    assert images.dtype == torch.float32 and images.is_contiguous(memory_format=torch.channels_last)
+    for k, i in enumerate((1, 4)):
+        canvas, _ = ds.load(i, 352, 0)  # (S, S, 3): what darknet's load_data_detection makes
+        assert np.array_equal(images[k].permute(1, 2, 0).numpy(), canvas)
+
+
+@pytest.mark.parametrize("kind", ["detection", "region", "test"])
+def test_canvas_is_not_uint8_exact(records, kind):
+    """Why the workers send float32: darknet's loaders resample bilinearly (and distort in HSV), so the
+    pixels are not k/255 and a uint8 transfer, converted back on the device, would move them."""
+    aug = None if kind == "test" else Augmenter(kind, jitter=0.2, hue=0.1, saturation=1.5, exposure=1.5)
+    ds = DetectionDataset(records, synth.SYNTH_CLASSES, aug, seed=2)
+    canvas, _ = ds.load(0, 320, 0)
+    as_uint8 = np.round(canvas * 255).astype(np.uint8)
+    back = torch.from_numpy(as_uint8).float().div(255).numpy()  # the device-side conversion
+    moved = back != canvas
+    assert moved.mean() > 0.5  # most pixels would change (by up to half a grey level)
+    assert np.abs(back - canvas).max() <= 0.5 / 255 + 1e-7
+
+
 def test_loader_is_the_same_with_any_number_of_workers(records):
     ds = DetectionDataset(records, synth.SYNTH_CLASSES, augmenter(), seed=1)
     sampler = MultiScaleBatchSampler(len(ds), 2, seed=1, every=2)

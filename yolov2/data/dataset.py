@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from yolov2.data.augment import EvalTransform
 from yolov2.data.image import read_image
@@ -90,8 +90,7 @@ class DetectionDataset(Dataset):
         else:
             index, size, epoch = Sample(*item)
         canvas, truth = self.load(index, size, epoch)
-        image = torch.from_numpy(np.ascontiguousarray(canvas.transpose(2, 0, 1)))  # (3, S, S)
-        return image, torch.from_numpy(truth), index
+        return chw(canvas), torch.from_numpy(truth), index
 
     def load(self, index: int, size: int, epoch: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Sample `index` at `size`: canvas (S, S, 3) float32 RGB, truth (max_boxes, 5) `[x, y, w, h, id]`."""
@@ -110,10 +109,32 @@ class DetectionDataset(Dataset):
         return np.asarray(canvas, np.float32), np.asarray(truth, np.float32)
 
 
+def chw(canvas: np.ndarray) -> torch.Tensor:
+    """An (S, S, 3) canvas as the (3, S, S) image tensor, a permuted view of the same memory (no copy)."""
+    return torch.from_numpy(canvas).permute(2, 0, 1)
+
+
 def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """List of dataset items -> images (N, 3, S, S), truths (N, 30, 5), indices (N,) int64."""
+    """List of dataset items -> images (N, 3, S, S), truths (N, 30, 5), indices (N,) int64.
+
+    The images are stacked in (N, S, S, 3) order, one memcpy per canvas, and handed on as the
+    (N, 3, S, S) view of that memory, which is channels_last; the trainer makes it the layout its
+    precision wants on the device. In a DataLoader worker the stack is written straight into shared
+    memory (as torch's default_collate does), so sending it to the trainer copies nothing more.
+
+    The pixels stay float32: darknet's loader resamples bilinearly and distorts in HSV, so they are
+    not multiples of 1/255 and a uint8 transfer would change the network's input
+    (tests/test_dataset.py, test_canvas_is_not_uint8_exact).
+    """
     images, truths, indices = zip(*batch, strict=True)
-    return torch.stack(images), torch.stack(truths), torch.tensor(indices, dtype=torch.int64)
+    hwc = [im.permute(1, 2, 0) for im in images]  # (S, S, 3) each; contiguous when from chw()
+    out = None
+    if get_worker_info() is not None:
+        first = hwc[0]
+        storage = first._typed_storage()._new_shared(sum(x.numel() for x in hwc), device=first.device)
+        out = first.new(storage).resize_(len(hwc), *first.shape)
+    stacked = torch.stack(hwc, out=out)  # (N, S, S, 3)
+    return stacked.permute(0, 3, 1, 2), torch.stack(truths), torch.tensor(indices, dtype=torch.int64)
 
 
 class MultiScaleBatchSampler(Sampler):
