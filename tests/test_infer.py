@@ -18,6 +18,7 @@ from yolov2.darknet.infer import (
     darknet_maxpool,
     darknet_reorg,
     fold_batch_norm,
+    fp16_supported,
     onednn_available,
     relative_error,
     space_to_depth_weight,
@@ -26,6 +27,8 @@ from yolov2.darknet.layers import MaxPool, Reorg
 from yolov2.deploy.bench import random_darknet
 
 TOL = 1e-4  # the issue's bound: max |fused - plain| <= 1e-4 of the plain logits' range
+# float16 keeps 11 bits of mantissa (bf16 8): max |fp16 - fp32| relative to the range, with headroom
+FP16_TOLERANCE = 0.02
 PACKS = [pytest.param(True, id="onednn", marks=pytest.mark.skipif(not onednn_available(),
                                                                      reason="PyTorch without oneDNN")),
          pytest.param(False, id="aten")]
@@ -190,7 +193,9 @@ def test_fused_stands_in_for_the_net(nets):
 
 def test_errors(nets, monkeypatch):
     net = nets["small"]
-    with pytest.raises(ValueError, match="precision 'fp16' is not one of fp32, bf16"):
+    with pytest.raises(ValueError, match="precision 'fp8' is not one of fp32, bf16, fp16"):
+        net.fuse("fp8")
+    with pytest.raises(ValueError, match="precision 'fp16' runs on CUDA GPUs; cpu is not one"):
         net.fuse("fp16")
     with pytest.raises(ValueError, match=r"expected a \(N, 3, H, W\) batch"):
         net.fuse()(torch.rand(3, 64, 64))
@@ -232,3 +237,22 @@ def test_fused_on_device(nets, device, monkeypatch):
         assert relative_error(fused(x), ref) <= TOL
         if bf16_supported(device):
             assert relative_error(net.fuse("bf16")(x), ref, mean=True) <= BF16_TOLERANCE[1]
+        if fp16_supported(device):
+            assert relative_error(net.fuse("fp16")(x), ref) <= FP16_TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["yolov2-tiny-voc", "small"])
+def test_fp16_dtype_logic_on_a_cpu_stand_in(nets, name, monkeypatch):
+    """fp16 is for CUDA; here the CPU runs the same module (unpacked ATen float16 convolutions) so the
+    dtype logic is tested without a GPU: float16 weights, reorg kernels and maxpool pads, float32 logits."""
+    monkeypatch.setattr("yolov2.darknet.infer.fp16_supported", lambda device="cpu": True)
+    net = nets[name]
+    fused = net.fuse("fp16")
+    assert fused.precision == "fp16" and not fused.pack  # oneDNN's packing is for fp32/bf16 only
+    assert all(p.dtype == torch.float16 for p in fused.parameters())
+    assert all(b.dtype == torch.float16 for n, b in fused.named_buffers() if n.endswith("weight"))
+    x = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out, ref = fused(x), net(x)
+    assert out.dtype == torch.float32 and out.shape == ref.shape and out.is_contiguous()
+    assert 0 < relative_error(out, ref) <= FP16_TOLERANCE  # float16 moves the logits, by less than bf16

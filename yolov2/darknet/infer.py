@@ -13,7 +13,9 @@ every call: for yolov2-tiny-voc that is 63 MB moved per forward, more than a thi
 
 `precision="bf16"` stores the folded weights in bfloat16 and runs the whole body in it (what CUDA
 autocast does for convolutions, without re-casting the weights per call); oneDNN then uses AMX or
-AVX512-BF16 with float32 accumulation. Logits come back as float32 in every mode. Shapes: (N, C, H, W).
+AVX512-BF16 with float32 accumulation. `precision="fp16"` does the same in float16, on CUDA only
+(cuDNN's tensor cores; float16's range, ±65504, holds darknet's activations, its 11-bit mantissa
+makes it closer to float32 than bf16). Logits come back as float32 in every mode. Shapes: (N, C, H, W).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from torch import Tensor, nn
 
 from yolov2.darknet.layers import ACTIVATIONS, Convolutional, MaxPool, Reorg, check_input, pad_value
 
-PRECISIONS = ("fp32", "bf16")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = ("fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The default of `detect` and `valid`: the fastest path that keeps float32's results (bf16 moves the
 # logits by ~1% of their range on average, see bf16_error and BF16_TOLERANCE).
 DEFAULT_PRECISION = "fp32"
@@ -55,6 +57,13 @@ def bf16_supported(device: str | torch.device = "cpu") -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return device.type == "cpu" and onednn_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def fp16_supported(device: str | torch.device = "cpu") -> bool:
+    """True where the fused path runs in float16: a CUDA GPU (tensor cores). CPUs have no fast float16
+    convolution (oneDNN's needs AVX512-FP16/AMX-FP16): there bf16 is the reduced precision."""
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.is_available()
 
 
 def fold_batch_norm(layer: Convolutional) -> tuple[Tensor, Tensor]:
@@ -186,8 +195,12 @@ class FusedDarknet(nn.Module):
         if precision == "bf16" and not bf16_supported(device):
             raise ValueError(f"precision 'bf16' needs a CPU with AVX512-BF16 or AMX and oneDNN, or a CUDA "
                              f"GPU with bf16; {device} has neither")
+        if precision == "fp16" and not fp16_supported(device):
+            raise ValueError(f"precision 'fp16' runs on CUDA GPUs; {device} is not one (on a CPU use fp32, "
+                             f"or bf16 with AVX512-BF16 or AMX)")
         self.precision, self.dtype = precision, DTYPES[precision]
-        self.pack = onednn_available() and device.type == "cpu" if pack is None else pack
+        cpu_packs = onednn_available() and device.type == "cpu" and precision != "fp16"
+        self.pack = cpu_packs if pack is None else pack
         if self.pack and not onednn_available():
             raise ValueError("pack=True needs PyTorch built with oneDNN (torch.backends.mkldnn)")
         for key in ("width", "height", "channels", "stride", "region", "num_classes", "head"):
