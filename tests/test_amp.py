@@ -234,3 +234,39 @@ def test_bench_train_tiny_prints_fp32_and_bf16_side_by_side(cpu_bf16, monkeypatc
     assert out[1].startswith("| precision | pipeline on | trainer | floor |") and len(out) == 5
     assert out[3].startswith("| fp32 |") and out[4].startswith("| bf16 |")
     assert out[3].split("|")[6].strip() == "1.00x"  # fp32 against itself
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cfg", STOCK)
+def test_cuda_amp_trainer_iterates(cfg, dtype, monkeypatch):
+    """On the GPU the trainer's own autocast (bf16, or fp16 with its GradScaler) for every stock cfg."""
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: dtype == torch.bfloat16)
+    t = Trainer.from_batches(cfg, batches(cfg, 96), device="cuda", amp=True, batch=2, subdivisions=1,
+                             max_batches=3, learning_rate=1e-4)
+    assert t.rt.amp_dtype == dtype and t.scaler.is_enabled() == (dtype == torch.float16)
+    rows = [t.iteration() for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    f = t.train_datum()
+    assert f.logits.dtype == dtype and f.loss.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in t.net.parameters())
+
+
+@needs_cuda
+def test_cuda_loss_makes_no_host_sync():
+    net = Darknet("yolov2-tiny-voc").cuda().train()
+    loss_fn = RegionLoss.from_region(net.region).cuda()
+    with torch.autocast("cuda", dtype=torch.float16):
+        logits = net(torch.rand(2, 3, 96, 96, device="cuda"))
+    t = truths(2, 20).cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss_fn(logits, t, 0).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
