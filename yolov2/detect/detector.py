@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from yolov2.darknet.cfg import CfgError
+from yolov2.darknet.cfg import CfgError, cfg_file
 from yolov2.darknet.model import Darknet
 from yolov2.darknet.region import activate
 from yolov2.darknet.weights import WeightsError
@@ -56,7 +56,10 @@ class Detector:
 
     def __init__(self, net, letterbox: bool = True, thresh: float = 0.5, nms: float = 0.45,
                  relative: bool = True, nms_kind: str = "sort", device: str | torch.device | None = None,
-                 precision: str = "fp32", fused: bool = True):
+                 precision: str = "fp32", fused: bool = True, names: Sequence[str] | None = None):
+        if not isinstance(net, torch.nn.Module):
+            raise TypeError(f"Detector wraps a Darknet net, got {type(net).__name__}; from files use "
+                            "Detector.load(cfg, weights)")
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not supported (choose from {PRECISIONS})")
         if nms_kind not in NMS_KINDS:
@@ -69,6 +72,41 @@ class Detector:
             raise ValueError(f"precision {precision!r} needs the fused path (fused=True)")
         self.letterbox, self.thresh, self.nms = letterbox, thresh, nms
         self.relative, self.nms_kind, self.precision = relative, nms_kind, precision
+        if names is not None and len(names) != net.num_classes:
+            raise ValueError(f"{len(names)} class names, but the cfg's [region] has "
+                             f"classes={net.num_classes}")
+        self.names = list(names) if names is not None else None
+
+    @classmethod
+    def load(cls, cfg: str | Path, weights: str | Path, names: str | Path | Sequence[str] | None = None,
+             **options) -> Detector:
+        """A detector from darknet files: `cfg` (a path or a shipped name such as `yolov2-tiny-synth`),
+        `weights` (a darknet `.weights`), `names` (a names file, one class per line, or a list; default:
+        the `.names` file beside the cfg, else VOC's 20 for a 20-class cfg).
+
+        options: as the constructor's (thresh .5, nms .45, letterbox, device, precision, ...). Raises
+        `DetectorError` naming the file for a bad cfg, weights or names file.
+        """
+        net = _load_net(str(cfg), str(weights), options.pop("device", None))
+        return cls(net, names=_class_names(names, net, cfg), **options)
+
+    @staticmethod
+    def read(path: str | Path) -> np.ndarray:
+        """An image file -> (H, W, 3) uint8 **RGB** (what the detector takes; `cv2.imread` gives BGR)."""
+        return read_image(path)
+
+    def _image(self, x) -> np.ndarray:
+        if isinstance(x, (str, Path)):
+            return self.read(x)
+        if isinstance(x, Tensor):
+            raise TypeError("Detector takes image paths or (H, W, 3) RGB numpy arrays, not a tensor; "
+                            "run the net itself on an (N, 3, H, W) batch")
+        if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != 3:
+            what = f"shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+            raise ValueError(f"expected an image path or an (H, W, 3) RGB array, got {what}")
+        if x.dtype != np.uint8 and x.dtype != np.float32:
+            raise ValueError(f"expected a uint8 (0-255) or float32 (0-1) RGB image, got dtype {x.dtype}")
+        return x
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) RGB image, float32 in [0, 1] or uint8 -> (neth, netw, 3) float32 network input."""
@@ -93,12 +131,26 @@ class Detector:
                                       letterbox=self.letterbox, relative=self.relative,
                                       nms_kind=self.nms_kind)
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Detect objects in (H, W, 3) images, all in one forward."""
-        if not len(images):
+    def __call__(self, images):
+        """Detect objects in one image or a list, all in one forward.
+
+        images: an image path, an (H, W, 3) **RGB** array (uint8, or float32 in [0, 1]), or a list of
+        them -> `Detections` for one image, a list of `Detections` for a list (also an (N, H, W, 3)
+        array). Arrays from `cv2.imread` are BGR: convert them (`Detector.read` reads RGB).
+        """
+        if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3):
+            return self([images])[0]
+        if isinstance(images, Tensor) or (isinstance(images, np.ndarray) and images.ndim != 4):
+            return [self._image(images)]  # raises: a tensor is the net's input, an array not an image
+        images = [self._image(x) for x in images]
+        if not images:
             return []
         sizes = np.array([(im.shape[1], im.shape[0]) for im in images])
-        return self.detect_batch(np.stack([self.preprocess(im) for im in images]), sizes)
+        dets = self.detect_batch(np.stack([self.preprocess(im) for im in images]), sizes)
+        if self.names is not None:
+            for d in dets:
+                d.names = self.names
+        return dets
 
 
 def detections_to_json(paths: Sequence[str], dets: Sequence[Detections], class_names: Sequence[str]) -> str:
@@ -126,7 +178,7 @@ def _strict(v):
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class CommandError(Exception):
+class CommandError(ValueError):
     """A bad argument or input file; the CLI prints it and exits with status 1."""
 
 
@@ -159,10 +211,29 @@ def _load_net(cfg: str, weights: str, device: str | None) -> Darknet:
         raise CommandError(f"--device {device}: {e}") from None
 
 
-def _class_names(path: str | None, net: Darknet) -> list[str]:
-    names = read_class_names(path) if path else list(VOC_CLASSES)
+def _class_names(names: str | Path | Sequence[str] | None, net: Darknet, cfg: str | Path | None = None,
+                 data: str | Path | None = None) -> list[str]:
+    """The class list: `names` (a file or a list), else the dataset's own (`data`: classes.names in a
+    devkit root, names= in a darknet .data), else a `.names` file beside the cfg, else VOC's 20 when
+    the cfg has 20 classes."""
+    from yolov2.data.darknet_data import dataset_names
+
+    where = "--names"
+    if isinstance(names, (str, Path)):
+        where, names = str(names), read_class_names(names)
+    elif names is None and data is not None:
+        where, names = dataset_names(data)
+    if names is None and cfg is not None:
+        beside = cfg_file(cfg).with_suffix(".names")
+        if beside.is_file():
+            where, names = str(beside), read_class_names(beside)
+    if names is None:
+        if net.num_classes != len(VOC_CLASSES):
+            raise CommandError(f"the cfg's [region] has classes={net.num_classes}: give the class names "
+                               "(--names FILE, or a dataset whose classes.names or names= lists them)")
+        where, names = "VOC's 20 classes", list(VOC_CLASSES)
+    names = list(names)
     if len(names) != net.num_classes:
-        where = path or "the default VOC class list"
         raise CommandError(f"{where}: {len(names)} class names, but the cfg's [region] has "
                            f"classes={net.num_classes}")
     return names
