@@ -30,13 +30,15 @@ from yolov2.darknet.cfg import CfgError, cfg_file
 from yolov2.darknet.model import Darknet
 from yolov2.darknet.region import activate
 from yolov2.darknet.weights import WeightsError
+from yolov2.data.cli import add_data, add_names, option, parser
+from yolov2.data.darknet_data import is_data_file, read_data_file, read_image_list
 from yolov2.data.image import ImageError, letterbox_image, read_image, resize_image
 from yolov2.data.labels import read_class_names
 from yolov2.data.voc import VOC_CLASSES, DatasetError, read_image_set
 from yolov2.detect.draw import draw_boxes
 from yolov2.detect.evaluate import RESULT_PREFIX
 from yolov2.detect.postprocess import Detections, detections_from_output
-from yolov2.files import write_bytes, write_files
+from yolov2.files import write_bytes, write_files, write_text
 
 PRECISIONS = ("fp32", "bf16")  # the forward's number formats (yolov2.darknet.infer); see Detector.forward
 NMS_KINDS = ("sort", "obj")
@@ -273,18 +275,23 @@ def _output_paths(images: Sequence[Path], out: Path, force: bool) -> list[Path]:
 
 
 def _common_args(p: argparse.ArgumentParser, thresh: float) -> None:
-    p.add_argument("--cfg", required=True, help="darknet .cfg (path or shipped name)")
-    p.add_argument("--weights", required=True, help="darknet .weights")
-    p.add_argument("--thresh", type=_unit, default=thresh,
-                   help=f"objectness and probability threshold, 0 to 1 ({thresh})")
-    p.add_argument("--nms", type=_unit, default=0.45, help="NMS IoU threshold, 0 to 1 (.45)")
-    p.add_argument("--no-letterbox", action="store_true", help="plain resize, as the PyTorch port did")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward (8)")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (default), or bf16 (CPUs with AMX/AVX512-BF16, CUDA): faster, logits move ~1%%")
-    p.add_argument("--no-fuse", action="store_true", help="run the plain model, not net.fuse() (fp32 only)")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    g = p.add_argument_group("model")
+    g.add_argument("--cfg", required=True,
+                   help="darknet .cfg (a path, or a shipped name: python -m yolov2 cfgs)")
+    g.add_argument("--weights", required=True, help="darknet .weights")
+    add_names(g, "; for detect also the .names beside the cfg")
+    g = p.add_argument_group("detection")
+    g.add_argument("--thresh", type=_unit, default=thresh,
+                   help="objectness and probability threshold, 0 to 1")
+    g.add_argument("--nms", type=_unit, default=0.45, help="NMS IoU threshold, 0 to 1")
+    g.add_argument("--no-letterbox", action="store_true", help="plain resize, as the PyTorch port did")
+    g = p.add_argument_group("running")
+    option(g, "--batch", type=_positive_int, default=8, help="images per forward")
+    g.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32, or bf16 (CPUs with AMX/AVX512-BF16, CUDA): faster, logits move ~1%%")
+    g.add_argument("--no-fuse", action="store_true", help="run the plain model, not net.fuse() (fp32 only)")
+    g.add_argument("--force", action="store_true", help="overwrite existing output files")
 
 
 def _batches(items: Sequence, size: int) -> list:
@@ -333,35 +340,57 @@ def comp4_for_image_set(detector: Detector, paths: Sequence[Path], class_names: 
 
 
 def _detect(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m yolov2 detect", description="Detect objects in images "
-                                "(darknet's test_detector), draw them and/or print JSON.")
+    p = parser("detect", "Detect objects in images (darknet's test_detector), draw them into --out and/or "
+               "write JSON.", "python -m yolov2 detect --cfg yolov2-tiny-synth --weights "
+               "data/yolov2-tiny-synth.weights data/synthetic/VOC2007/JPEGImages --out drawn/")
     p.add_argument("images", nargs="+", help="image files or folders of images")
-    p.add_argument("--out", help="folder for the drawn images")
-    p.add_argument("--json", action="store_true", help="print the detections as JSON")
-    p.add_argument("--names", help="class names, one per line (default: VOC's 20)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", help="folder for the drawn images")
+    g.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="write the detections as JSON to FILE (--json alone or --json -: print them)")
+    add_data(p, required=False, what=" whose class names to use")
     _common_args(p, 0.5)
     args = p.parse_args(argv)
     if not args.out and not args.json:
         print("no --out folder: printing the detections only", file=sys.stderr)
+    json_file = Path(args.json) if args.json and args.json != "-" else None
+    if json_file is not None:
+        if json_file.exists() and not args.force:
+            raise CommandError(f"{json_file}: exists (use --force to overwrite)")
+        if not json_file.parent.is_dir():
+            raise CommandError(f"{json_file.parent}: no such folder for --json")
     paths = _image_paths(args.images)
     outs = _output_paths(paths, Path(args.out), args.force) if args.out else None
     net = _load_net(args.cfg, args.weights, args.device)
-    names = _class_names(args.names, net)
+    names = _class_names(args.names, net, args.cfg, args.data)
     detector = Detector(net, letterbox=not args.no_letterbox, thresh=args.thresh, nms=args.nms,
                         precision=args.precision, fused=not args.no_fuse)
     if outs:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     results = []
-    for k, chunk in enumerate(_batches(paths, args.batch_size)):
+    batches = _batches(paths, args.batch)
+    bar = tqdm(total=len(paths), desc="detect", unit="image", file=sys.stderr, disable=len(batches) < 2)
+    for k, chunk in enumerate(batches):
         images = [read_image(q) for q in chunk]
         for i, (q, im, d) in enumerate(zip(chunk, images, detector(images), strict=True)):
             results.append(d)
             if outs:
-                _write_image(outs[k * args.batch_size + i], draw_boxes(im, d, names))
+                _write_image(outs[k * args.batch + i], draw_boxes(im, d, names))
             if not args.json:
-                print(f"{q}: {len(d)} detections", *d.draw_lines(args.thresh, names), sep="\n")
+                bar.write(f"{q}: {len(d)} detections\n" + "\n".join(d.draw_lines(args.thresh, names)),
+                          file=sys.stdout)
+        bar.update(len(chunk))
+    bar.close()
     if args.json:
-        print(detections_to_json([str(q) for q in paths], results, names))
+        text = detections_to_json([str(q) for q in paths], results, names)
+        if json_file is None:
+            print(text)
+        else:
+            write_text(json_file, text + "\n")
+            print(f"{len(paths)} images, {sum(len(d.items()) for d in results)} detections -> {json_file}")
+    if outs:  # beside printed JSON, on stderr
+        print(f"{len(outs)} drawn images -> {args.out}", file=sys.stderr if json_file is None and args.json
+              else sys.stdout)
     return 0
 
 
@@ -374,23 +403,20 @@ def _write_image(path: Path, bgr: np.ndarray) -> None:
 
 
 def _valid(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m yolov2 valid", description="Write darknet's result files "
-                                "comp4_det_test_<class>.txt for a VOC image set (validate_detector).")
-    p.add_argument("--voc-root", required=True, help="folder holding VOC<year>/")
-    p.add_argument("--year", default="2007")
-    p.add_argument("--image-set", default="test")
+    p = parser("valid", "Write darknet's result files comp4_det_test_<class>.txt for an image set "
+               "(validate_detector): a VOC image set, or the valid= list of a darknet .data file.",
+               "python -m yolov2 valid --cfg yolov2-tiny-synth --weights data/yolov2-tiny-synth.weights "
+               "--data data/synthetic --image-set test --out results/")
+    g = p.add_argument_group("data")
+    add_data(g)
+    g.add_argument("--year", default="2007", help="VOC year (a devkit root)")
+    g.add_argument("--image-set", default="test", help="VOC image set (a devkit root)")
     p.add_argument("--out", required=True, help="folder for the result files")
-    p.add_argument("--classes", help="class names, one per line (default: VOC's 20)")
     _common_args(p, 0.005)
     args = p.parse_args(argv)
-    ids = read_image_set(args.voc_root, args.year, args.image_set)
-    folder = Path(args.voc_root) / f"VOC{args.year}" / "JPEGImages"
-    missing = [i for i in ids if not (folder / f"{i}.jpg").is_file()]
-    if missing:
-        raise CommandError(f"{folder / (missing[0] + '.jpg')}: missing image ({len(missing)} of the "
-                           f"{len(ids)} images of {args.image_set}.txt are missing)")
+    paths, ids = dataset_images(args.data, args.year, args.image_set)
     net = _load_net(args.cfg, args.weights, args.device)
-    names = _class_names(args.classes, net)
+    names = _class_names(args.names, net, None, args.data)
     files = [Path(args.out) / f"{RESULT_PREFIX}{c}.txt" for c in names]
     existing = [f for f in files if f.exists()]
     if existing and not args.force:
@@ -398,12 +424,32 @@ def _valid(argv: list[str]) -> int:
     detector = Detector(net, letterbox=not args.no_letterbox, thresh=args.thresh, nms=args.nms,
                         relative=False,  # validate_detector: pixel boxes (relative=0)
                         precision=args.precision, fused=not args.no_fuse)
-    lines = comp4_for_image_set(detector, [folder / f"{i}.jpg" for i in ids], names, args.batch_size, ids)
+    lines = comp4_for_image_set(detector, paths, names, args.batch, ids)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     # all or nothing: eval must never read a set of files of which some are cut or from an older run
     write_files({f: "".join(s + "\n" for s in lines[c]) for c, f in zip(names, files, strict=True)})
     print(f"{len(ids)} images, {sum(map(len, lines.values()))} detections -> {args.out}/{RESULT_PREFIX}*.txt")
     return 0
+
+
+def dataset_images(data: str | Path, year: str, image_set: str) -> tuple[list[Path], list[str]]:
+    """The images `valid` runs on and their ids: a VOC image set of a devkit root (ids as listed), or the
+    valid= list of a darknet .data file (ids: the file names' stems, darknet's `basecfg`)."""
+    if is_data_file(data):
+        paths = read_image_list(read_data_file(data).image_list("valid"))
+        ids = [q.stem for q in paths]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise CommandError(f"{data}: the valid= list names two images {dup[0]!r} (result files name an "
+                               f"image by its file name alone)")
+        return paths, ids
+    ids = read_image_set(data, year, image_set)
+    folder = Path(data) / f"VOC{year}" / "JPEGImages"
+    missing = [i for i in ids if not (folder / f"{i}.jpg").is_file()]
+    if missing:
+        raise CommandError(f"{folder / (missing[0] + '.jpg')}: missing image ({len(missing)} of the "
+                           f"{len(ids)} images of {image_set}.txt are missing)")
+    return [folder / f"{i}.jpg" for i in ids], ids
 
 
 def main_detect(argv: list[str]) -> int:
