@@ -18,7 +18,6 @@ else nothing (the caller falls back to VOC's 20 for a 20-class cfg).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,15 +256,14 @@ def write_voc_labels(root: str | Path, out: str | Path | None = None, classes: l
 
 def main(argv: list[str]) -> int:
     """`python -m yolov2 labels VOCROOT`: darknet's label files and image lists (voc_label.py)."""
-    p = argparse.ArgumentParser(
-        prog="python -m yolov2 labels", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Write darknet's YOLO label files (VOC<year>/labels/<id>.txt) and image lists "
-                    "(<year>_<set>.txt, train.txt) with a voc.data, as darknet's scripts/voc_label.py does.",
-        epilog="example: python -m yolov2 labels data/synthetic && "
-               "python -m yolov2 anchors --data data/synthetic/voc.data")
+    from yolov2.data.cli import parser
+
+    p = parser("labels", "Write darknet's YOLO label files (VOC<year>/labels/<id>.txt) and image lists "
+               "(<year>_<set>.txt, train.txt) with a voc.names and voc.data, as darknet's "
+               "scripts/voc_label.py does.", "python -m yolov2 labels data/synthetic")
     p.add_argument("root", help="VOC devkit root (holding VOC2007/, VOC2012/)")
     p.add_argument("--out", help="folder for the lists, voc.names and voc.data (default: the root)")
-    p.add_argument("--names", "--classes", dest="names",
+    p.add_argument("--names", "--classes", dest="names", metavar="FILE",
                    help="class names file (default: ROOT/classes.names, else VOC's 20)")
     p.add_argument("--force", action="store_true", help="overwrite existing lists, names and .data")
     a = p.parse_args(argv)

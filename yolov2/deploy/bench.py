@@ -277,7 +277,10 @@ def _list(kind: Callable, choices=None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m yolov2 bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m yolov2 bench", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example:\n  python -m yolov2 bench --models tiny --batches 1 "
+                                "--json bench.json")
     p.add_argument("--models", type=_list(str), default=list(MODELS),
                    help="tiny, voc, or cfg names/paths, comma-separated (default tiny,voc)")
     p.add_argument("--batches", type=_list(int), default=[1, 8], help="comma-separated (default 1,8)")
