@@ -317,6 +317,13 @@ def main(argv: list[str]) -> int:
         print("yolov2 bench: error: --size must be a positive multiple of 32; --repeats, --threads and "
               "--batches at least 1", file=sys.stderr)
         return 2
+    if "onnxruntime" in args.paths:
+        from yolov2.deploy.export import missing_extra
+
+        missing = missing_extra("onnx", "onnxscript", "onnxruntime")
+        if missing:
+            print(f"yolov2 bench: error: {missing}; or leave onnxruntime out of --paths", file=sys.stderr)
+            return 1
     import cv2
 
     saved = torch.get_num_threads(), cv2.getNumThreads()
