@@ -1,4 +1,5 @@
 # The two commands of the README: `make book` and `make test`. Both set up .venv/ first.
+# `make lab` (the same set-up) opens the chapters in JupyterLab.
 SHELL := /bin/bash
 # The steps of `make test` (its prerequisites, left to right) run in order, even under `make -j`.
 .NOTPARALLEL:
@@ -20,7 +21,7 @@ VENDOR := book_assets/vendor
 JB := jupyter-book build . --path-output . -W -n --keep-going
 NBVAL := $(PY) -m pytest -q --nbval-lax --nbval-cell-timeout=180
 
-.PHONY: venv test book lint strip vendor chromium test-unit test-chapters book-from-tests \
+.PHONY: lab venv test book lint strip vendor chromium test-unit test-chapters book-from-tests \
         test-browser cache-mode clean
 
 $(STAMP): requirements.txt pyproject.toml
@@ -88,6 +89,15 @@ book: venv vendor cache-mode
 # Strip outputs from the chapters before committing (cells tagged nbval-check-output keep theirs).
 strip: venv
 	$(PY) tools/strip_notebooks.py book/*.ipynb
+
+# make lab: the chapters (book/) in JupyterLab, served on 127.0.0.1 only, with the venv's kernel (the
+# kernel spec's `python` is the server's own interpreter, .venv/bin/python). LAB_ARGS adds options,
+# e.g. make lab LAB_ARGS="--no-browser --ServerApp.port=8890".
+# (As root, in a container, JupyterLab needs --allow-root.)
+LAB := $(PY) -m jupyterlab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=book \
+       $(if $(filter 0,$(shell id -u)),--allow-root)
+lab: venv
+	$(LAB) $(LAB_ARGS)
 
 clean:
 	rm -rf $(BUILD)

@@ -476,7 +476,7 @@ def test_detect_command(tmp_path, synth_files, synth_net, capsys):
 
 @pytest.mark.parametrize("change, message", [
     ("missing", "nope.png: no such image or folder"),
-    ("names", "20 class names, but the cfg's [region] has classes=5"),
+    ("names", "the cfg's [region] has classes=5: give the class names"),  # a cfg with no .names beside it
     ("broken", "broken.jpg: not a decodable image"),
     ("weights", "none.weights: weights file not found"),
 ])
@@ -486,7 +486,9 @@ def test_detect_command_errors(tmp_path, synth_files, capsys, change, message):
     weights = tmp_path / "none.weights" if change == "weights" else synth_files["weights"]
     names = [] if change == "names" else ["--names", str(synth_files["names"])]
     image = {"missing": "nope.png", "broken": "broken.jpg"}.get(change, "x.png")
-    assert cli(["detect", "--cfg", str(synth_files["cfg"]), "--weights", str(weights), *names,
+    cfg = tmp_path / "copy.cfg"
+    cfg.write_bytes(synth_files["cfg"].read_bytes())
+    assert cli(["detect", "--cfg", str(cfg), "--weights", str(weights), *names,
                 str(tmp_path / image)]) == 1
     assert message in capsys.readouterr().err
 

@@ -18,6 +18,9 @@ _LAZY = {
     "parse_cfg": "yolov2.darknet.cfg",
     "stock_cfg": "yolov2.darknet.cfg",
     "box_iou": "yolov2.darknet.boxes",
+    "Detector": "yolov2.detect.detector",
+    "Detections": "yolov2.detect.postprocess",
+    "shipped_cfgs": "yolov2.darknet.cfg",
 }
 
 __all__ = sorted([*_LAZY, "fast_mode"])

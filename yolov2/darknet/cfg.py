@@ -134,19 +134,30 @@ def load_cfg(cfg: str | Path | Sequence[Section]) -> list[Section]:
     """Sections from a cfg path, a shipped cfg's name (`yolov2-tiny-voc`), or already parsed sections."""
     if not isinstance(cfg, (str, Path)):
         return list(cfg)
+    return parse_cfg(cfg_file(cfg))
+
+
+def cfg_file(cfg: str | Path) -> Path:
+    """A cfg path, or the shipped cfg of that name (`yolov2-tiny-synth`); a name that is neither is an
+    error listing the shipped cfgs."""
     p = Path(cfg)
-    if not p.exists() and p.parent == Path(".") and p.suffix in ("", ".cfg"):
-        try:
-            p = stock_cfg(p.name)
-        except CfgError:
-            raise CfgError(f"{cfg}: cfg file not found (nor a shipped cfg of that name)") from None
-    return parse_cfg(p)
+    if p.exists() or p.parent != Path(".") or p.suffix not in ("", ".cfg"):
+        return p
+    try:
+        return stock_cfg(p.name)
+    except CfgError:
+        raise CfgError(f"{cfg}: cfg file not found (nor a shipped cfg of that name; shipped: "
+                       f"{', '.join(shipped_cfgs())})") from None
+
+
+def shipped_cfgs() -> list[str]:
+    """The names of the cfgs shipped in the package (`python -m yolov2 cfgs` lists them)."""
+    return sorted(f.stem for f in (Path(__file__).parent / "cfgs").glob("*.cfg"))
 
 
 def stock_cfg(name: str) -> Path:
     """Path of a cfg shipped in the package: `yolov2-tiny-voc`, `yolov2-voc`, `yolov2-tiny-synth`."""
     p = Path(__file__).parent / "cfgs" / (name if name.endswith(".cfg") else name + ".cfg")
     if not p.exists():
-        known = sorted(f.stem for f in p.parent.glob("*.cfg"))
-        raise CfgError(f"no shipped cfg named '{name}'; known: {', '.join(known)}")
+        raise CfgError(f"no shipped cfg named '{name}'; known: {', '.join(shipped_cfgs())}")
     return p

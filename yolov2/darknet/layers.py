@@ -304,6 +304,9 @@ LAYER_TYPES = {"convolutional": Convolutional, "conv": Convolutional, "maxpool":
 
 def check_input(x: Tensor, channels: int, stride: int) -> None:
     """Raise a clear error unless x is an (N, channels, H, W) batch with H and W multiples of stride."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"Darknet takes an (N, {channels}, H, W) float tensor, got {type(x).__name__}; "
+                        "for image files or (H, W, 3) RGB arrays use yolov2.Detector.load(cfg, weights)")
     if x.dim() != 4 or x.shape[1] != channels:
         raise ValueError(f"expected a (N, {channels}, H, W) batch, got shape {tuple(x.shape)}")
     if x.shape[2] % stride or x.shape[3] % stride:

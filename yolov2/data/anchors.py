@@ -10,7 +10,6 @@ w_cells = w * size / 32 (`to_cells`), so 13x13 at 416 has anchors up to 13.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -143,48 +142,70 @@ def _default_sets(root: Path) -> list[tuple[str, str]]:
 
 
 def main(argv: list[str]) -> int:
-    from yolov2.data.labels import read_class_names
-    from yolov2.data.voc import VOC_CLASSES, DatasetError
+    from yolov2.data.cli import add_data, add_names, parser
+    from yolov2.data.darknet_data import default_names, is_data_file, load_split
+    from yolov2.data.voc import DatasetError
 
-    p = argparse.ArgumentParser(prog="python -m yolov2 anchors", description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="VOC devkit root (holding VOC2007/...) or a synth dir")
+    p = parser("anchors", __doc__.split("\n")[0] + " The boxes: a VOC devkit's image sets, or the train= "
+               "list of a darknet .data file with its label files.",
+               "python -m yolov2 anchors --data data/synthetic --k 5 --curve --plot anchors.png")
+    add_data(p)
+    add_names(p)
     p.add_argument("--k", type=int, default=5, help="number of anchors (cfg num=)")
     p.add_argument("--size", type=int, default=416, help="network input size for the cell units")
-    p.add_argument("--sets", nargs="+", default=None, help="YEAR/SET items (default: 07+12 trainval found)")
-    p.add_argument("--classes", default=None, help="class names file (default: DATA/classes.names, else VOC)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--curve", action="store_true", help="also print mean IoU for k = 1..10 (Figure 2)")
+    p.add_argument("--sets", nargs="+", default=None,
+                   help="YEAR/SET items of a devkit (default: the 07+12 trainval found)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the k-means initialisation")
+    p.add_argument("--curve", action="store_true", help="also mean IoU for k = 1..10 (the paper's Figure 2)")
+    p.add_argument("--plot", metavar="FILE", help="with --curve: draw it into FILE (.png, .svg, .pdf)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --plot file")
     a = p.parse_args(argv)
     root = Path(a.data)
     try:
-        names_file = Path(a.classes) if a.classes else root / "classes.names"
-        classes = read_class_names(names_file) if a.classes or names_file.is_file() else list(VOC_CLASSES)
-        sets = [tuple(s.split("/", 1)) for s in a.sets] if a.sets else _default_sets(root)
-        if any(len(s) != 2 for s in sets):
-            raise DatasetError(f"--sets items are YEAR/SET, e.g. 2007/train; got {a.sets}")
+        if a.plot and not a.curve:
+            raise DatasetError("--plot draws the --curve: give both")
+        if a.plot and Path(a.plot).exists() and not a.force:
+            raise DatasetError(f"{a.plot}: exists (use --force to overwrite)")
+        classes = default_names(root, a.names)
         if a.k < 1 or a.size < 32 or a.size % 32:
             raise DatasetError(f"--k {a.k} --size {a.size}: k must be at least 1 and size a positive "
                                f"multiple of 32")
-        wh = dataset_wh(root, sets, classes)
+        if is_data_file(root):
+            sets = [(root.name, "train")]
+            rows = [r.labels for r in load_split(root, "train", len(classes))]
+            wh = np.concatenate([r[:, 3:5] for r in rows]) if rows else np.zeros((0, 2))
+        else:
+            sets = [tuple(s.split("/", 1)) for s in a.sets] if a.sets else _default_sets(root)
+            if any(len(s) != 2 for s in sets):
+                raise DatasetError(f"--sets items are YEAR/SET, e.g. 2007/train; got {a.sets}")
+            wh = dataset_wh(root, sets, classes)
         if len(wh) < a.k:
             raise DatasetError(f"{root}: {len(wh)} boxes in {sets}, fewer than k={a.k}")
     except DatasetError as e:
         print(f"anchors: {e}", file=sys.stderr)
         return 2
-    _report(wh, a.k, a.size, a.seed, a.curve, sets)
+    curves = _report(wh, a.k, a.size, a.seed, a.curve, sets)
+    if a.plot:
+        from yolov2.data.plots import anchor_curve_figure, save
+
+        save(anchor_curve_figure(CURVE_KS, curves), a.plot)
+        print(f"wrote {a.plot}")
     return 0
 
 
-def _report(wh: np.ndarray, k: int, size: int, seed: int, curve: bool, sets) -> None:
+CURVE_KS = range(1, 11)
+
+
+def _report(wh: np.ndarray, k: int, size: int, seed: int, curve: bool, sets) -> dict[str, np.ndarray]:
     print(
         f"{len(wh)} boxes from {', '.join('/'.join(s) for s in sets)}; k={k}, cells of {STRIDE} px at {size}"
     )
     for name, fit in (("IoU k-means", iou_kmeans), ("Euclidean k-means", euclidean_kmeans)):
         c = fit(wh, k, seed)
         print(f"{name:<17} mean IoU {mean_iou(wh, c):.4f}  anchors = {format_anchors(to_cells(c, size))}")
+    curves = {}
     if curve:
         for name in ("iou", "euclidean"):
-            print(
-                f"{name:>9} k=1..10:",
-                " ".join(f"{v:.3f}" for v in mean_iou_curve(wh, range(1, 11), seed, name)),
-            )
+            curves[name] = mean_iou_curve(wh, CURVE_KS, seed, name)
+            print(f"{name:>9} k=1..10:", " ".join(f"{v:.3f}" for v in curves[name]))
+    return curves

@@ -256,7 +256,10 @@ def make_synthetic_voc(
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m yolov2 synth", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m yolov2 synth", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example:\n  python -m yolov2 synth --out data/synthetic --train 100 "
+                                "--test 20 --seed 0")
     p.add_argument("--out", required=True, help="output directory (the devkit root)")
     p.add_argument("--train", type=int, default=2000, help="training images (default 2000)")
     p.add_argument("--test", type=int, default=500, help="test images (default 500)")

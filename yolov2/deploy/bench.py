@@ -277,7 +277,10 @@ def _list(kind: Callable, choices=None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m yolov2 bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m yolov2 bench", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example:\n  python -m yolov2 bench --models tiny --batches 1 "
+                                "--json bench.json")
     p.add_argument("--models", type=_list(str), default=list(MODELS),
                    help="tiny, voc, or cfg names/paths, comma-separated (default tiny,voc)")
     p.add_argument("--batches", type=_list(int), default=[1, 8], help="comma-separated (default 1,8)")
@@ -314,6 +317,13 @@ def main(argv: list[str]) -> int:
         print("yolov2 bench: error: --size must be a positive multiple of 32; --repeats, --threads and "
               "--batches at least 1", file=sys.stderr)
         return 2
+    if "onnxruntime" in args.paths:
+        from yolov2.deploy.export import missing_extra
+
+        missing = missing_extra("onnx", "onnxscript", "onnxruntime")
+        if missing:
+            print(f"yolov2 bench: error: {missing}; or leave onnxruntime out of --paths", file=sys.stderr)
+            return 1
     import cv2
 
     saved = torch.get_num_threads(), cv2.getNumThreads()

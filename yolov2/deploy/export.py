@@ -142,7 +142,11 @@ def _opset(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m yolov2 export", description="Export a darknet cfg + weights "
-                                "to ONNX (fused float32 graph, dynamic batch).")
+                                "to ONNX (fused float32 graph, dynamic batch).",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example:\n  python -m yolov2 export --cfg yolov2-tiny-synth "
+                                "--weights "
+                                "data/yolov2-tiny-synth.weights --out tiny-synth.onnx")
     p.add_argument("--cfg", required=True, help="darknet .cfg (path or shipped name)")
     p.add_argument("--weights", required=True, help="darknet .weights")
     p.add_argument("--format", default="onnx", choices=["onnx"])
@@ -157,10 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def missing_extra(*modules: str, extra: str = "onnx") -> str | None:
+    """None when every module imports, else the one-line message naming the extra that installs them."""
+    import importlib.util
+
+    absent = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not absent:
+        return None
+    return (f"this command needs {', '.join(absent)}, not installed: pip install \"yolov2[{extra}]\" "
+            f"(or pip install {' '.join(absent)})")
+
+
 def main(argv: list[str]) -> int:
     """`python -m yolov2 export`: write, check and verify the ONNX file."""
     args = build_parser().parse_args(argv)
     out = Path(args.out)
+    missing = missing_extra("onnx", "onnxscript", "onnxruntime")
+    if missing:
+        print(f"yolov2 export: error: {missing}", file=sys.stderr)
+        return 1
     try:
         if out.exists() and not args.force:
             raise ValueError(f"{out}: exists (use --force to overwrite)")

@@ -26,17 +26,19 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from yolov2.darknet.cfg import CfgError
+from yolov2.darknet.cfg import CfgError, cfg_file
 from yolov2.darknet.model import Darknet
 from yolov2.darknet.region import activate
 from yolov2.darknet.weights import WeightsError
+from yolov2.data.cli import add_data, add_names, option, parser
+from yolov2.data.darknet_data import is_data_file, read_data_file, read_image_list
 from yolov2.data.image import ImageError, letterbox_image, read_image, resize_image
 from yolov2.data.labels import read_class_names
 from yolov2.data.voc import VOC_CLASSES, DatasetError, read_image_set
 from yolov2.detect.draw import draw_boxes
 from yolov2.detect.evaluate import RESULT_PREFIX
 from yolov2.detect.postprocess import Detections, detections_from_output
-from yolov2.files import write_bytes, write_files
+from yolov2.files import write_bytes, write_files, write_text
 
 PRECISIONS = ("fp32", "bf16")  # the forward's number formats (yolov2.darknet.infer); see Detector.forward
 NMS_KINDS = ("sort", "obj")
@@ -56,7 +58,10 @@ class Detector:
 
     def __init__(self, net, letterbox: bool = True, thresh: float = 0.5, nms: float = 0.45,
                  relative: bool = True, nms_kind: str = "sort", device: str | torch.device | None = None,
-                 precision: str = "fp32", fused: bool = True):
+                 precision: str = "fp32", fused: bool = True, names: Sequence[str] | None = None):
+        if not isinstance(net, torch.nn.Module):
+            raise TypeError(f"Detector wraps a Darknet net, got {type(net).__name__}; from files use "
+                            "Detector.load(cfg, weights)")
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not supported (choose from {PRECISIONS})")
         if nms_kind not in NMS_KINDS:
@@ -69,6 +74,41 @@ class Detector:
             raise ValueError(f"precision {precision!r} needs the fused path (fused=True)")
         self.letterbox, self.thresh, self.nms = letterbox, thresh, nms
         self.relative, self.nms_kind, self.precision = relative, nms_kind, precision
+        if names is not None and len(names) != net.num_classes:
+            raise ValueError(f"{len(names)} class names, but the cfg's [region] has "
+                             f"classes={net.num_classes}")
+        self.names = list(names) if names is not None else None
+
+    @classmethod
+    def load(cls, cfg: str | Path, weights: str | Path, names: str | Path | Sequence[str] | None = None,
+             **options) -> Detector:
+        """A detector from darknet files: `cfg` (a path or a shipped name such as `yolov2-tiny-synth`),
+        `weights` (a darknet `.weights`), `names` (a names file, one class per line, or a list; default:
+        the `.names` file beside the cfg, else VOC's 20 for a 20-class cfg).
+
+        options: as the constructor's (thresh .5, nms .45, letterbox, device, precision, ...). Raises
+        `DetectorError` naming the file for a bad cfg, weights or names file.
+        """
+        net = _load_net(str(cfg), str(weights), options.pop("device", None))
+        return cls(net, names=_class_names(names, net, cfg), **options)
+
+    @staticmethod
+    def read(path: str | Path) -> np.ndarray:
+        """An image file -> (H, W, 3) uint8 **RGB** (what the detector takes; `cv2.imread` gives BGR)."""
+        return read_image(path)
+
+    def _image(self, x) -> np.ndarray:
+        if isinstance(x, (str, Path)):
+            return self.read(x)
+        if isinstance(x, Tensor):
+            raise TypeError("Detector takes image paths or (H, W, 3) RGB numpy arrays, not a tensor; "
+                            "run the net itself on an (N, 3, H, W) batch")
+        if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != 3:
+            what = f"shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+            raise ValueError(f"expected an image path or an (H, W, 3) RGB array, got {what}")
+        if x.dtype != np.uint8 and x.dtype != np.float32:
+            raise ValueError(f"expected a uint8 (0-255) or float32 (0-1) RGB image, got dtype {x.dtype}")
+        return x
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) RGB image, float32 in [0, 1] or uint8 -> (neth, netw, 3) float32 network input."""
@@ -93,12 +133,26 @@ class Detector:
                                       letterbox=self.letterbox, relative=self.relative,
                                       nms_kind=self.nms_kind)
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Detect objects in (H, W, 3) images, all in one forward."""
-        if not len(images):
+    def __call__(self, images):
+        """Detect objects in one image or a list, all in one forward.
+
+        images: an image path, an (H, W, 3) **RGB** array (uint8, or float32 in [0, 1]), or a list of
+        them -> `Detections` for one image, a list of `Detections` for a list (also an (N, H, W, 3)
+        array). Arrays from `cv2.imread` are BGR: convert them (`Detector.read` reads RGB).
+        """
+        if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3):
+            return self([images])[0]
+        if isinstance(images, Tensor) or (isinstance(images, np.ndarray) and images.ndim != 4):
+            return [self._image(images)]  # raises: a tensor is the net's input, an array not an image
+        images = [self._image(x) for x in images]
+        if not images:
             return []
         sizes = np.array([(im.shape[1], im.shape[0]) for im in images])
-        return self.detect_batch(np.stack([self.preprocess(im) for im in images]), sizes)
+        dets = self.detect_batch(np.stack([self.preprocess(im) for im in images]), sizes)
+        if self.names is not None:
+            for d in dets:
+                d.names = self.names
+        return dets
 
 
 def detections_to_json(paths: Sequence[str], dets: Sequence[Detections], class_names: Sequence[str]) -> str:
@@ -126,7 +180,7 @@ def _strict(v):
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class CommandError(Exception):
+class CommandError(ValueError):
     """A bad argument or input file; the CLI prints it and exits with status 1."""
 
 
@@ -159,10 +213,29 @@ def _load_net(cfg: str, weights: str, device: str | None) -> Darknet:
         raise CommandError(f"--device {device}: {e}") from None
 
 
-def _class_names(path: str | None, net: Darknet) -> list[str]:
-    names = read_class_names(path) if path else list(VOC_CLASSES)
+def _class_names(names: str | Path | Sequence[str] | None, net: Darknet, cfg: str | Path | None = None,
+                 data: str | Path | None = None) -> list[str]:
+    """The class list: `names` (a file or a list), else the dataset's own (`data`: classes.names in a
+    devkit root, names= in a darknet .data), else a `.names` file beside the cfg, else VOC's 20 when
+    the cfg has 20 classes."""
+    from yolov2.data.darknet_data import dataset_names
+
+    where = "--names"
+    if isinstance(names, (str, Path)):
+        where, names = str(names), read_class_names(names)
+    elif names is None and data is not None:
+        where, names = dataset_names(data)
+    if names is None and cfg is not None:
+        beside = cfg_file(cfg).with_suffix(".names")
+        if beside.is_file():
+            where, names = str(beside), read_class_names(beside)
+    if names is None:
+        if net.num_classes != len(VOC_CLASSES):
+            raise CommandError(f"the cfg's [region] has classes={net.num_classes}: give the class names "
+                               "(--names FILE, or a dataset whose classes.names or names= lists them)")
+        where, names = "VOC's 20 classes", list(VOC_CLASSES)
+    names = list(names)
     if len(names) != net.num_classes:
-        where = path or "the default VOC class list"
         raise CommandError(f"{where}: {len(names)} class names, but the cfg's [region] has "
                            f"classes={net.num_classes}")
     return names
@@ -202,18 +275,23 @@ def _output_paths(images: Sequence[Path], out: Path, force: bool) -> list[Path]:
 
 
 def _common_args(p: argparse.ArgumentParser, thresh: float) -> None:
-    p.add_argument("--cfg", required=True, help="darknet .cfg (path or shipped name)")
-    p.add_argument("--weights", required=True, help="darknet .weights")
-    p.add_argument("--thresh", type=_unit, default=thresh,
-                   help=f"objectness and probability threshold, 0 to 1 ({thresh})")
-    p.add_argument("--nms", type=_unit, default=0.45, help="NMS IoU threshold, 0 to 1 (.45)")
-    p.add_argument("--no-letterbox", action="store_true", help="plain resize, as the PyTorch port did")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward (8)")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (default), or bf16 (CPUs with AMX/AVX512-BF16, CUDA): faster, logits move ~1%%")
-    p.add_argument("--no-fuse", action="store_true", help="run the plain model, not net.fuse() (fp32 only)")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    g = p.add_argument_group("model")
+    g.add_argument("--cfg", required=True,
+                   help="darknet .cfg (a path, or a shipped name: python -m yolov2 cfgs)")
+    g.add_argument("--weights", required=True, help="darknet .weights")
+    add_names(g, "; for detect also the .names beside the cfg")
+    g = p.add_argument_group("detection")
+    g.add_argument("--thresh", type=_unit, default=thresh,
+                   help="objectness and probability threshold, 0 to 1")
+    g.add_argument("--nms", type=_unit, default=0.45, help="NMS IoU threshold, 0 to 1")
+    g.add_argument("--no-letterbox", action="store_true", help="plain resize, as the PyTorch port did")
+    g = p.add_argument_group("running")
+    option(g, "--batch", type=_positive_int, default=8, help="images per forward")
+    g.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32, or bf16 (CPUs with AMX/AVX512-BF16, CUDA): faster, logits move ~1%%")
+    g.add_argument("--no-fuse", action="store_true", help="run the plain model, not net.fuse() (fp32 only)")
+    g.add_argument("--force", action="store_true", help="overwrite existing output files")
 
 
 def _batches(items: Sequence, size: int) -> list:
@@ -262,35 +340,57 @@ def comp4_for_image_set(detector: Detector, paths: Sequence[Path], class_names: 
 
 
 def _detect(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m yolov2 detect", description="Detect objects in images "
-                                "(darknet's test_detector), draw them and/or print JSON.")
+    p = parser("detect", "Detect objects in images (darknet's test_detector), draw them into --out and/or "
+               "write JSON.", "python -m yolov2 detect --cfg yolov2-tiny-synth --weights "
+               "data/yolov2-tiny-synth.weights data/synthetic/VOC2007/JPEGImages --out drawn/")
     p.add_argument("images", nargs="+", help="image files or folders of images")
-    p.add_argument("--out", help="folder for the drawn images")
-    p.add_argument("--json", action="store_true", help="print the detections as JSON")
-    p.add_argument("--names", help="class names, one per line (default: VOC's 20)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", help="folder for the drawn images")
+    g.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="write the detections as JSON to FILE (--json alone or --json -: print them)")
+    add_data(p, required=False, what=" whose class names to use")
     _common_args(p, 0.5)
     args = p.parse_args(argv)
     if not args.out and not args.json:
         print("no --out folder: printing the detections only", file=sys.stderr)
+    json_file = Path(args.json) if args.json and args.json != "-" else None
+    if json_file is not None:
+        if json_file.exists() and not args.force:
+            raise CommandError(f"{json_file}: exists (use --force to overwrite)")
+        if not json_file.parent.is_dir():
+            raise CommandError(f"{json_file.parent}: no such folder for --json")
     paths = _image_paths(args.images)
     outs = _output_paths(paths, Path(args.out), args.force) if args.out else None
     net = _load_net(args.cfg, args.weights, args.device)
-    names = _class_names(args.names, net)
+    names = _class_names(args.names, net, args.cfg, args.data)
     detector = Detector(net, letterbox=not args.no_letterbox, thresh=args.thresh, nms=args.nms,
                         precision=args.precision, fused=not args.no_fuse)
     if outs:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     results = []
-    for k, chunk in enumerate(_batches(paths, args.batch_size)):
+    batches = _batches(paths, args.batch)
+    bar = tqdm(total=len(paths), desc="detect", unit="image", file=sys.stderr, disable=len(batches) < 2)
+    for k, chunk in enumerate(batches):
         images = [read_image(q) for q in chunk]
         for i, (q, im, d) in enumerate(zip(chunk, images, detector(images), strict=True)):
             results.append(d)
             if outs:
-                _write_image(outs[k * args.batch_size + i], draw_boxes(im, d, names))
+                _write_image(outs[k * args.batch + i], draw_boxes(im, d, names))
             if not args.json:
-                print(f"{q}: {len(d)} detections", *d.draw_lines(args.thresh, names), sep="\n")
+                bar.write(f"{q}: {len(d)} detections\n" + "\n".join(d.draw_lines(args.thresh, names)),
+                          file=sys.stdout)
+        bar.update(len(chunk))
+    bar.close()
     if args.json:
-        print(detections_to_json([str(q) for q in paths], results, names))
+        text = detections_to_json([str(q) for q in paths], results, names)
+        if json_file is None:
+            print(text)
+        else:
+            write_text(json_file, text + "\n")
+            print(f"{len(paths)} images, {sum(len(d.items()) for d in results)} detections -> {json_file}")
+    if outs:  # beside printed JSON, on stderr
+        print(f"{len(outs)} drawn images -> {args.out}", file=sys.stderr if json_file is None and args.json
+              else sys.stdout)
     return 0
 
 
@@ -303,23 +403,20 @@ def _write_image(path: Path, bgr: np.ndarray) -> None:
 
 
 def _valid(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m yolov2 valid", description="Write darknet's result files "
-                                "comp4_det_test_<class>.txt for a VOC image set (validate_detector).")
-    p.add_argument("--voc-root", required=True, help="folder holding VOC<year>/")
-    p.add_argument("--year", default="2007")
-    p.add_argument("--image-set", default="test")
+    p = parser("valid", "Write darknet's result files comp4_det_test_<class>.txt for an image set "
+               "(validate_detector): a VOC image set, or the valid= list of a darknet .data file.",
+               "python -m yolov2 valid --cfg yolov2-tiny-synth --weights data/yolov2-tiny-synth.weights "
+               "--data data/synthetic --image-set test --out results/")
+    g = p.add_argument_group("data")
+    add_data(g)
+    g.add_argument("--year", default="2007", help="VOC year (a devkit root)")
+    g.add_argument("--image-set", default="test", help="VOC image set (a devkit root)")
     p.add_argument("--out", required=True, help="folder for the result files")
-    p.add_argument("--classes", help="class names, one per line (default: VOC's 20)")
     _common_args(p, 0.005)
     args = p.parse_args(argv)
-    ids = read_image_set(args.voc_root, args.year, args.image_set)
-    folder = Path(args.voc_root) / f"VOC{args.year}" / "JPEGImages"
-    missing = [i for i in ids if not (folder / f"{i}.jpg").is_file()]
-    if missing:
-        raise CommandError(f"{folder / (missing[0] + '.jpg')}: missing image ({len(missing)} of the "
-                           f"{len(ids)} images of {args.image_set}.txt are missing)")
+    paths, ids = dataset_images(args.data, args.year, args.image_set)
     net = _load_net(args.cfg, args.weights, args.device)
-    names = _class_names(args.classes, net)
+    names = _class_names(args.names, net, None, args.data)
     files = [Path(args.out) / f"{RESULT_PREFIX}{c}.txt" for c in names]
     existing = [f for f in files if f.exists()]
     if existing and not args.force:
@@ -327,12 +424,32 @@ def _valid(argv: list[str]) -> int:
     detector = Detector(net, letterbox=not args.no_letterbox, thresh=args.thresh, nms=args.nms,
                         relative=False,  # validate_detector: pixel boxes (relative=0)
                         precision=args.precision, fused=not args.no_fuse)
-    lines = comp4_for_image_set(detector, [folder / f"{i}.jpg" for i in ids], names, args.batch_size, ids)
+    lines = comp4_for_image_set(detector, paths, names, args.batch, ids)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     # all or nothing: eval must never read a set of files of which some are cut or from an older run
     write_files({f: "".join(s + "\n" for s in lines[c]) for c, f in zip(names, files, strict=True)})
     print(f"{len(ids)} images, {sum(map(len, lines.values()))} detections -> {args.out}/{RESULT_PREFIX}*.txt")
     return 0
+
+
+def dataset_images(data: str | Path, year: str, image_set: str) -> tuple[list[Path], list[str]]:
+    """The images `valid` runs on and their ids: a VOC image set of a devkit root (ids as listed), or the
+    valid= list of a darknet .data file (ids: the file names' stems, darknet's `basecfg`)."""
+    if is_data_file(data):
+        paths = read_image_list(read_data_file(data).image_list("valid"))
+        ids = [q.stem for q in paths]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise CommandError(f"{data}: the valid= list names two images {dup[0]!r} (result files name an "
+                               f"image by its file name alone)")
+        return paths, ids
+    ids = read_image_set(data, year, image_set)
+    folder = Path(data) / f"VOC{year}" / "JPEGImages"
+    missing = [i for i in ids if not (folder / f"{i}.jpg").is_file()]
+    if missing:
+        raise CommandError(f"{folder / (missing[0] + '.jpg')}: missing image ({len(missing)} of the "
+                           f"{len(ids)} images of {image_set}.txt are missing)")
+    return [folder / f"{i}.jpg" for i in ids], ids
 
 
 def main_detect(argv: list[str]) -> int:

@@ -7,11 +7,16 @@ Reference: darknet `src/image.c` (`get_color`, and `draw_detections`' colour off
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-from yolov2.detect.postprocess import Detections
+
+class Boxes(Protocol):
+    """What `draw_boxes` needs of a `yolov2.detect.postprocess.Detections` (which imports this module)."""
+
+    def per_box(self) -> list[tuple[tuple[float, float, float, float], list[tuple[int, float]]]]: ...
 
 # darknet's colour ramp: magenta, blue, cyan, green, yellow, red
 _RAMP = ((1, 0, 1), (0, 0, 1), (0, 1, 1), (0, 1, 0), (1, 1, 0), (1, 0, 0))
@@ -30,9 +35,7 @@ def class_color(class_id: int, classes: int) -> tuple[float, float, float]:
     return _ramp(2, offset, classes), _ramp(1, offset, classes), _ramp(0, offset, classes)
 
 
-
-
-def draw_boxes(image: np.ndarray, dets: Detections, class_names: Sequence[str]) -> np.ndarray:
+def draw_boxes(image: np.ndarray, dets: Boxes, class_names: Sequence[str]) -> np.ndarray:
     """(H, W, 3) RGB (float in [0, 1] or uint8) -> uint8 BGR copy with labelled boxes (cv2)."""
     if image.dtype != np.uint8:
         image = (np.clip(image, 0, 1) * 255).astype(np.uint8)  # darknet's save_image truncates too

@@ -28,7 +28,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from yolov2.data.labels import read_class_names
+from yolov2.data.cli import add_data, add_names, parser
+from yolov2.data.darknet_data import annotations_from_records, default_names, is_data_file, load_split
 from yolov2.data.voc import VOC_CLASSES, Annotation, DatasetError, parse_annotation, read_image_set
 from yolov2.files import read_text, write_files, write_text
 
@@ -344,35 +345,59 @@ def write_results(results_dir: str | Path, detections: Mapping[str, object],
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m yolov2 eval", description=__doc__.split("\n")[0])
-    p.add_argument("--voc-root", required=True, help="folder holding VOC<year>/")
-    p.add_argument("--year", default="2007")
-    p.add_argument("--image-set", default="test")
+    p = parser("eval", __doc__.split("\n")[0] + " Ground truth: a VOC image set's XML, or the valid= list "
+               "of a darknet .data file with its YOLO label files.",
+               "python -m yolov2 eval --data data/synthetic --image-set test --results results/ "
+               "--json map.json --plots plots/")
+    g = p.add_argument_group("data")
+    add_data(g)
+    g.add_argument("--year", default="2007", help="VOC year (a devkit root)")
+    g.add_argument("--image-set", default="test", help="VOC image set (a devkit root)")
+    add_names(g)
     p.add_argument("--results", required=True, help="folder of comp4_det_test_<class>.txt files")
     p.add_argument("--metric", choices=METRICS, default="voc07",
                    help="voc07: 11-point interpolated AP; voc10: area under the precision envelope")
-    p.add_argument("--json", metavar="OUT", help='write {"ap": {class: ap or null}, "map": m} here')
-    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
-    p.add_argument("--classes", metavar="FILE", help="class names, one per line (default: VOC's 20)")
     p.add_argument("--ties", choices=TIES, default="reference",
-                   help="order of equal scores: numpy's (as voc_eval.py, the default) or file order")
+                   help="order of equal scores: numpy's (as voc_eval.py) or file order")
+    g = p.add_argument_group("output")
+    g.add_argument("--json", metavar="FILE", help='write {"ap": {class: ap or null}, "map": m} here')
+    g.add_argument("--plots", metavar="DIR", help="write ap.png (AP per class) and pr_curves.png here")
+    g.add_argument("--force", action="store_true", help="overwrite an existing --json file or plots")
     return p
 
 
+def dataset_annotations(data: str | Path, year: str, image_set: str,
+                        classes: Sequence[str]) -> dict[str, Annotation]:
+    """Ground truth of a VOC image set (XML), or of a darknet .data file's valid= list (its label files)."""
+    if is_data_file(data):
+        return annotations_from_records(load_split(data, "valid", len(classes)), classes)
+    return load_annotations(data, year, image_set)
+
+
 def main(argv: list[str]) -> int:
+    from yolov2.detect.plots import AP_CHART, PR_CURVES, write_eval_plots  # matplotlib only when asked
+
     args = build_parser().parse_args(argv)
     try:
-        if args.json and Path(args.json).exists() and not args.force:
-            raise DatasetError(f"{args.json}: exists (use --force to overwrite)")
+        outputs = [Path(args.json)] if args.json else []
+        if args.plots:
+            outputs += [Path(args.plots) / AP_CHART, Path(args.plots) / PR_CURVES]
+        for f in outputs:
+            if f.exists() and not args.force:
+                raise DatasetError(f"{f}: exists (use --force to overwrite)")
         if args.json and not Path(args.json).parent.is_dir():
             raise DatasetError(f"{Path(args.json).parent}: no such folder for --json")
-        classes = read_class_names(args.classes) if args.classes else list(VOC_CLASSES)
-        annotations = load_annotations(args.voc_root, args.year, args.image_set)
+        classes = default_names(args.data, args.names)
+        annotations = dataset_annotations(args.data, args.year, args.image_set, classes)
         detections = read_results(args.results, classes, annotations)
         result = evaluate_detections(annotations, detections, classes, args.metric, ties=args.ties)
         print(result.table())
         if args.json:
             write_text(args.json, json.dumps(result.to_json(), indent=1) + "\n")
+            print(f"wrote {args.json}", file=sys.stderr)
+        if args.plots:
+            for f in write_eval_plots(result, args.plots):
+                print(f"wrote {f}", file=sys.stderr)
     except (DatasetError, OSError) as e:
         print(f"yolov2 eval: error: {e}", file=sys.stderr)
         return 1

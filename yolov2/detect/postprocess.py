@@ -16,7 +16,7 @@ whole chain on a batch and gives one `Detections` per image.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -276,7 +276,8 @@ class Detections:
 
     boxes (K, 4) pixel centre-size `(x, y, w, h)` in the original image (float32); objectness (K,);
     probs (K, C) after NMS (0 where below thresh or suppressed); index (K,) the slot
-    `a*H*W + row*W + col` each came from; width, height: the image size in pixels.
+    `a*H*W + row*W + col` each came from; width, height: the image size in pixels; names: the C class
+    names when the detector knows them (`Detector.load` sets them), for `labels()` and `draw()`.
     """
 
     boxes: np.ndarray
@@ -285,6 +286,7 @@ class Detections:
     index: np.ndarray
     width: int
     height: int
+    names: Sequence[str] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -300,6 +302,36 @@ class Detections:
         corners = self.xyxy.tolist()
         return [(int(j), float(self.probs[i, j]), tuple(corners[i]))
                 for i, j in zip(*np.nonzero(self.probs), strict=True)]
+
+    def _names(self, class_names: Sequence[str] | None) -> Sequence[str]:
+        names = class_names if class_names is not None else self.names
+        if names is None:
+            raise ValueError("these Detections carry no class names: pass class_names, or detect with "
+                             "Detector.load(cfg, weights, names=...)")
+        if len(names) != self.probs.shape[1]:
+            raise ValueError(f"{len(names)} class names for detections of {self.probs.shape[1]} classes")
+        return names
+
+    def labels(self, class_names: Sequence[str] | None = None) -> list[tuple[str, float, tuple[float, ...]]]:
+        """`(name, probability, (x1, y1, x2, y2))` per nonzero probability, in darknet's order.
+
+        Pixel corners of the original image, continuous 0-based, not clipped; `items()` with names.
+        """
+        names = self._names(class_names)
+        return [(names[c], p, box) for c, p, box in self.items()]
+
+    def draw(self, image: np.ndarray, class_names: Sequence[str] | None = None) -> np.ndarray:
+        """The (H, W, 3) RGB image (uint8, or float in [0, 1]) -> a uint8 RGB copy with the labelled
+        boxes drawn as `python -m yolov2 detect` draws them (darknet's colours)."""
+        from yolov2.detect.draw import draw_boxes
+
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+        if image.shape[:2] != (self.height, self.width):
+            raise ValueError(f"the image is {image.shape[1]}x{image.shape[0]}, but these detections are of "
+                             f"a {self.width}x{self.height} image")
+        return np.ascontiguousarray(draw_boxes(image, self, self._names(class_names))[:, :, ::-1])
 
     def per_box(self) -> list[tuple[tuple[float, float, float, float], list[tuple[int, float]]]]:
         """One entry per detection: its pixel corners and its `(class, prob)` pairs, class order."""

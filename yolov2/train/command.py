@@ -22,9 +22,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from yolov2.darknet.cfg import CfgError
 from yolov2.darknet.model import Darknet
+from yolov2.data.cli import HelpFormatter
+from yolov2.data.darknet_data import annotations_from_records, is_data_file, load_split
 from yolov2.data.image import load_image
 from yolov2.data.voc import check_image_size
 from yolov2.detect.detector import Detector
@@ -38,6 +41,7 @@ from yolov2.train.checkpoint import (
     prepare_run_dir,
     read_log,
     record_file,
+    recorded_files,
     run_outputs,
 )
 from yolov2.train.runtime import Runtime, init_runtime
@@ -69,7 +73,7 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
           unsigned_steps: bool | None = None,
           device: str | None = None, workers: int | None = None, resume: bool = False,
           force: bool = False, progress: bool = True, amp: bool | None = None,
-          eval_set: str | None = None) -> TrainResult:
+          eval_set: str | None = None, banner: bool = False) -> TrainResult:
     """Train `cfg` on the VOC-layout dataset at `data`, writing the run to `out_dir`.
 
     Writes `checkpoint.pt` (every `checkpoint_every` iterations, default 100, and at the end),
@@ -81,7 +85,7 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
     unsigned_steps: the final darknet's rate quirk (a negative step never passes; see
     :class:`yolov2.train.schedule.Schedule`), for a run that must match that darknet's rates.
     eval_set (`2007:test`): afterwards, rank 0 measures the VOC07 mAP there (:func:`voc_map`, at the
-    cfg's width) and writes `eval.json`.
+    cfg's width) and writes `eval.json`. banner: print :func:`start_banner` first (the command does).
     """
     given = dict(recipe=recipe, loader=loader, sets=[list(p) for p in sets] if sets else None, names=names,
                  max_batches=max_batches, batch=batch, subdivisions=subdivisions,
@@ -99,46 +103,85 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
                             writes=run_outputs(s.cfg))
         if rt.world > 1:
             dist.barrier()
-        result = Trainer(s, rt, out, resume).run()
+        trainer = Trainer(s, rt, out, resume)
+        if rt.main and banner:
+            print(start_banner(trainer, resume), flush=True)
+        result = trainer.run()
         if eval_set and rt.main:
-            result.map = evaluate_run(result, eval_set, rt.device)
+            result.map = evaluate_run(result, eval_set, rt.device, progress)
         return result
     finally:
         if rt.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def voc_map(net, data: str | Path, image_set: str = "2007:test", names: list[str] | None = None,
-            size: int | None = None, device: str | torch.device | None = None, batch_size: int = 16):
-    """VOC07 mAP (a `yolov2.detect.evaluate.EvalResult`) of `net` on a VOC image set, as darknet's
-    `valid` sees it (letterbox, thresh .005, NMS .45 on pixel boxes) at `size` (default: the cfg's
-    width)."""
+def start_banner(trainer: Trainer, resume: bool = False) -> str:
+    """What a run is about to do: model, data, device and precision, recipe and schedule, and darknet's
+    final-size rule when it applies."""
+    s, rt, net = trainer.s, trainer.rt, trainer.net
+    params = sum(p.numel() for p in net.parameters())
+    names = trainer.dataset.classes if trainer.dataset is not None else []
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    precision = {None: "float32"}.get(rt.amp_dtype, f"{str(rt.amp_dtype).split('.')[-1]} autocast")
+    sizes = f"{s.sizes[0]}" if len(s.sizes) == 1 else f"{min(s.sizes)}-{max(s.sizes)} (every {s.every})"
+    lines = [f"{'resuming' if resume else 'training'} {Path(s.cfg).stem}: {len(net.layers)} layers, "
+             f"{params / 1e6:.2f}M parameters, {net.region.classes} classes ({shown})",
+             f"data: {s.data}: {trainer.n_images} images",
+             f"device: {rt.device} ({rt.world} rank{'s' if rt.world > 1 else ''}), {precision}",
+             f"recipe: {s.recipe}, batch {s.batch} / subdivisions {s.subdivisions}, to batch {s.max_batches} "
+             f"(from {trainer.batch_num}), sizes {sizes}, seed {s.seed or 0}"]
+    if trainer.darknet and len(s.sizes) > 1 and s.final_batches:
+        lines.append(f"darknet's final-size rule: the last {s.final_batches} batches (after batch "
+                     f"{max(0, s.max_batches - s.final_batches)}) run at the largest size, {max(s.sizes)} "
+                     f"(--final-batches 0: off)")
+    return "\n".join(lines)
+
+
+def eval_images(data: str | Path, image_set: str, names: list[str]):
+    """(ids, image paths, annotations) of the image set `YEAR:SET` of a VOC devkit, or of the valid= list
+    of a darknet .data file (ids: the file names' stems)."""
+    if is_data_file(data):
+        records = load_split(data, "valid", len(names))
+        annotations = annotations_from_records(records, names)
+        return list(annotations), [Path(r.image_path) for r in records], annotations
     (year, iset), = parse_sets(image_set)
     annotations = load_annotations(data, year, iset)
+    folder = Path(data) / f"VOC{year}" / "JPEGImages"
+    return list(annotations), [folder / f"{i}.jpg" for i in annotations], annotations
+
+
+def voc_map(net, data: str | Path, image_set: str = "2007:test", names: list[str] | None = None,
+            size: int | None = None, device: str | torch.device | None = None, batch_size: int = 16,
+            progress: bool = False):
+    """VOC07 mAP (a `yolov2.detect.evaluate.EvalResult`) of `net` on a VOC image set (or a darknet .data
+    file's valid= list), as darknet's `valid` sees it (letterbox, thresh .005, NMS .45 on pixel boxes) at
+    `size` (default: the cfg's width)."""
     names = names or class_names(Path(data))
-    ids, folder = list(annotations), Path(data) / f"VOC{year}" / "JPEGImages"
+    ids, paths, annotations = eval_images(data, image_set, names)
     width, height = net.width, net.height
     net.width = net.height = size or width  # the network runs at any multiple of 32
     try:
         detector = Detector(net, thresh=0.005, relative=False, device=device)
         dets = {}
-        for k in range(0, len(ids), batch_size):
+        starts = range(0, len(ids), batch_size)
+        for k in tqdm(starts, desc="eval", unit="batch", file=sys.stderr, disable=not progress):
             chunk = ids[k:k + batch_size]
-            images = [load_image(folder / f"{i}.jpg") for i in chunk]
-            for i, im in zip(chunk, images, strict=True):
-                check_image_size(annotations[i], im, folder / f"{i}.jpg")
+            images = [load_image(q) for q in paths[k:k + batch_size]]
+            for i, im, q in zip(chunk, images, paths[k:k + batch_size], strict=True):
+                check_image_size(annotations[i], im, q)
             dets.update(zip(chunk, detector(images), strict=True))
     finally:
         net.width, net.height = width, height
     return evaluate_detections(annotations, results_from_detections(dets, names), names, "voc07")
 
 
-def evaluate_run(result: TrainResult, eval_set: str, device: torch.device) -> float:
+def evaluate_run(result: TrainResult, eval_set: str, device: torch.device, progress: bool = False) -> float:
     """mAP of a finished run's final weights on `eval_set`; writes `eval.json` beside them."""
     s = json.loads(read_text(result.out_dir / SETTINGS))
     net = Darknet(s["cfg"])
     net.load_weights(result.weights)
-    ev = voc_map(net, s["data"], eval_set, class_names(Path(s["data"]), s["names"]), device=device)
+    ev = voc_map(net, s["data"], eval_set, class_names(Path(s["data"]), s["names"]), device=device,
+                 progress=progress)
     summary = {"image_set": eval_set, "metric": "voc07", **ev.to_json()}
     write_text(result.out_dir / EVAL, json_dumps(summary))
     record_file(result.out_dir, EVAL)
@@ -173,17 +216,24 @@ COUNT, SIZE, RATE = _number(int, 1, "an integer >= 1"), _number(int, 0, "an inte
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m yolov2 train", description=__doc__.split("\n")[0],
-                                epilog="Several GPUs: torchrun --nproc_per_node=K -m yolov2 train ...")
-    p.add_argument("cfg", help="darknet .cfg (a path, or a shipped name such as yolov2-tiny-voc)")
-    p.add_argument("data", help="VOC devkit root (holds VOC2007/, VOC2012/)")
+    p = argparse.ArgumentParser(
+        prog="python -m yolov2 train", description=__doc__.split("\n")[0], formatter_class=HelpFormatter,
+        epilog="example:\n  python -m yolov2 train --cfg yolov2-tiny-synth --data data/synthetic "
+               "--out runs/demo --sizes 192-256 --device cpu --eval 2007:test\n"
+               "several GPUs: torchrun --nproc_per_node=K -m yolov2 train ...")
+    p.add_argument("cfg_arg", nargs="?", metavar="CFG", help="the same as --cfg (the older spelling)")
+    p.add_argument("data_arg", nargs="?", metavar="DATA", help="the same as --data (the older spelling)")
+    p.add_argument("--cfg", help="darknet .cfg (a path, or a shipped name: python -m yolov2 cfgs)")
+    p.add_argument("--data", help="a VOC devkit root (holds VOC2007/, VOC2012/) or a darknet .data file "
+                   "(its train= list)")
     p.add_argument("--out", required=True, help="run directory (checkpoint, weights, log)")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="darknet (default) or adam")
     p.add_argument("--loader", choices=("detection", "region"),
                    help="augmentation: darknet's load_data_detection or the port's crop-jitter loader")
     p.add_argument("--sets", type=_arg(parse_sets), help="image sets, default 2007:trainval,2012:trainval "
                    "(only those present)")
-    p.add_argument("--names", help="class names file (default DATA/classes.names, else the 20 VOC classes)")
+    p.add_argument("--names", "--classes", dest="names", metavar="FILE", help="class names file (default: "
+                   "the dataset's own, classes.names in a devkit root or names= in a .data, else VOC's 20)")
     p.add_argument("--max-batches", type=COUNT, help="stop at this darknet batch number (with --resume: "
                    "train a run further)")
     p.add_argument("--batch", type=COUNT, help="images per update (darknet's batch; per GPU for darknet)")
@@ -216,19 +266,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "channels_last on a CPU with AVX512-BF16 or AMX (off by default: float32, darknet's "
                    "arithmetic); --no-amp: float32 everywhere")
     p.add_argument("--eval", dest="eval_set", metavar="YEAR:SET",
-                   help="afterwards, the VOC07 mAP on this image set (e.g. 2007:test)")
+                   help="afterwards, the VOC07 mAP on this image set (e.g. 2007:test; for a .data file "
+                   "its valid= list, whatever the value)")
     return p
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    kw = vars(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("cfg", "data"):  # the positionals are the older spelling of --cfg and --data
+        given = getattr(args, name + "_arg")
+        if given is not None and getattr(args, name) is not None:
+            parser.error(f"the {name} is given twice (positional and --{name}): give --{name} only")
+        setattr(args, name, getattr(args, name) or given)
+        if getattr(args, name) is None:
+            parser.error(f"--{name} is required")
+    kw = {k: v for k, v in vars(args).items() if k not in ("cfg_arg", "data_arg")}
     out, progress, amp = kw.pop("out"), not kw.pop("no_progress"), kw.pop("amp")
     if (kw["pretrained"] is None) != (kw["partial"] is None):
         print("train: --pretrained and --partial go together", file=sys.stderr)
         return 2
     try:
-        r = train(out_dir=out, progress=progress, amp=amp, **kw)
+        r = train(out_dir=out, progress=progress, amp=amp, banner=True, **kw)
     except (TrainError, CheckpointError, CfgError, ValueError, OSError) as e:
         print(f"train: {one_line(e)}", file=sys.stderr)
         return 1
@@ -241,6 +300,8 @@ def main(argv: list[str]) -> int:
               f"{r.images_per_s:.1f} images/s\nweights: {r.weights}\nlog: {r.log}")
         if r.map is not None:
             print(f"mAP (VOC07) on {args.eval_set}: {r.map:.4f}")
+        written = [Path(out) / f for f in recorded_files(out) if (Path(out) / f).is_file()]
+        print("files written: " + ", ".join(str(f) for f in written))
     return 0
 
 

@@ -20,9 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from yolov2.darknet.cfg import CfgError, Section, stock_cfg
-from yolov2.data.labels import read_class_names
-from yolov2.data.voc import VOC_CLASSES
+from yolov2.darknet.cfg import Section, cfg_file
+from yolov2.data.darknet_data import default_names
 from yolov2.files import decode_cfg
 from yolov2.train.schedule import Schedule
 
@@ -171,19 +170,13 @@ def make_schedule(s: Settings, net) -> Schedule:
 
 def cfg_path(cfg: str | Path) -> Path:
     """A cfg path, or the shipped cfg of that name (`yolov2-tiny-synth`), as `Darknet(cfg)` accepts."""
-    p = Path(cfg)
-    if p.exists() or p.parent != Path(".") or p.suffix not in ("", ".cfg"):
-        return p
-    try:
-        return stock_cfg(p.name)
-    except CfgError:
-        raise CfgError(f"{cfg}: cfg file not found (nor a shipped cfg of that name)") from None
+    return cfg_file(cfg)
 
 
 def class_names(root: Path, names: str | None = None) -> list[str]:
-    """The class list: `names`, else `root/classes.names`, else the 20 VOC classes."""
-    names = names or (str(root / "classes.names") if (root / "classes.names").is_file() else None)
-    return read_class_names(names) if names else list(VOC_CLASSES)
+    """The class list: `names`, else the dataset's own (`root/classes.names`, or `names=` of a darknet
+    .data file), else the 20 VOC classes (`yolov2.data.darknet_data.default_names`)."""
+    return default_names(root, names)
 
 
 # --------------------------------------------------------------------------- resuming a run

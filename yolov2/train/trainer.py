@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from yolov2.darknet.layers import check_input
 from yolov2.darknet.model import Darknet
 from yolov2.data.augment import Augmenter
+from yolov2.data.darknet_data import is_data_file, load_split
 from yolov2.data.dataset import DetectionDataset, MultiScaleBatchSampler, collate, worker_init
 from yolov2.data.voc import load_voc
 from yolov2.loss.region_loss import RegionLoss, RegionStats
@@ -189,6 +190,12 @@ class Trainer:
 
     def _dataset(self, s: Settings):
         root = Path(s.data)
+        if is_data_file(root):  # a darknet .data file: its train= list and YOLO label files
+            classes = class_names(root, s.names)
+            if len(classes) != self.net.region.classes:
+                raise TrainError(f"{s.cfg}: [region] classes={self.net.region.classes}, but the dataset has "
+                                 f"{len(classes)} class names ({s.names or root})")
+            return self._augmented(load_split(root, "train", len(classes)), classes, s)
         if not root.is_dir():
             raise TrainError(f"{root}: no such dataset directory (a VOC devkit root holding VOC2007/...)")
         sets = s.sets or [[y, n] for y, n in (("2007", "trainval"), ("2012", "trainval"))
@@ -199,7 +206,9 @@ class Trainer:
         if len(classes) != self.net.region.classes:
             raise TrainError(f"{s.cfg}: [region] classes={self.net.region.classes}, but the dataset has "
                              f"{len(classes)} class names ({s.names or root})")
-        records = load_voc(root, [tuple(p) for p in sets], classes)
+        return self._augmented(load_voc(root, [tuple(p) for p in sets], classes), classes, s)
+
+    def _augmented(self, records, classes, s: Settings):
         opt = self.net.net_options
         aug = Augmenter(kind=s.loader or RECIPES[s.recipe]["loader"], jitter=self.net.region.jitter,
                         hue=opt.get_float("hue", 0), saturation=opt.get_float("saturation", 1),
