@@ -44,6 +44,9 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 HIDDEN_OUTPUT_TAGS = {"remove-output", "remove-cell", "remove_output", "remove_cell"}
 TIMEOUT_MS = 60_000
+# MathJax typesets after the deferred script loads; this waits for it to finish.
+MATHJAX_DONE = "async () => { if (window.MathJax?.startup?.promise) await MathJax.startup.promise; }"
+VIEWPORT_WIDTH = 1280  # px: the window the legibility test measures at (issue 14)
 
 
 def toc_pages() -> list[str]:
@@ -132,7 +135,7 @@ class Traffic:
 @contextmanager
 def open_page(browser, url: str, allowed: Callable[[str], bool]) -> Iterator[tuple[object, Traffic]]:
     """A fresh page at url; requests that `allowed` rejects are aborted and recorded."""
-    context = browser.new_context(service_workers="block", viewport={"width": 1200, "height": 900})
+    context = browser.new_context(service_workers="block", viewport={"width": VIEWPORT_WIDTH, "height": 900})
     traffic = Traffic([], [], [])
 
     def route(r) -> None:
@@ -167,7 +170,7 @@ def test_page_renders_offline(browser, docname: str) -> None:
     url = built_page(docname).as_uri()
     with open_page(browser, url, lambda u: u.startswith(LOCAL_SCHEMES)) as (page, tr):
         # MathJax typesets after the deferred script loads; wait for it to finish.
-        page.evaluate("async () => { if (window.MathJax?.startup?.promise) await MathJax.startup.promise; }")
+        page.evaluate(MATHJAX_DONE)
         if exp.widget_views:
             page.wait_for_function(  # html-manager renders each view into a .widget-subarea
                 "n => [...document.querySelectorAll('.widget-subarea')]"
@@ -202,6 +205,93 @@ def test_page_renders_offline(browser, docname: str) -> None:
         assert seen["math"] > 0, f"{docname}: the source has math but the page has no math element"
     assert seen["untypeset"] == [], f"{docname}: math left as raw TeX: {seen['untypeset']}"
     assert "$$" not in seen["text"], f"{docname}: raw $$ TeX left in the page"
+
+
+# ---- legibility: what fits the column at a 1280 px window (issue 14) -----------------------------
+
+MIN_SHRINK = 0.7  # a figure shown below 70% of its natural width has its text shrunk below its font size
+
+# Measured on the page as a reader opens it, then with every collapsed block (hide-input cells,
+# solution dropdowns) opened, so that what hides behind a click is measured too.
+LEGIBILITY_JS = """shrink => {
+    const article = document.querySelector('article') || document.body;
+    const all = sel => [...article.querySelectorAll(sel)];
+    document.querySelectorAll('details').forEach(d => { d.open = true; });
+    document.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
+    const overflows = e => e.scrollWidth > e.clientWidth + 1;
+    const first = t => t.replace(/\\s+/g, ' ').trim().slice(0, 60);
+    const code = all('div.highlight pre');
+    const eqs = all('mjx-container[display="true"]');
+    const eqOver = eqs.filter(c => {
+        const m = c.querySelector('mjx-math');
+        return overflows(c) || (m && m.getBoundingClientRect().width > c.clientWidth + 1);
+    });
+    const imgs = all('img').filter(i => i.naturalWidth > 0 && i.getBoundingClientRect().width > 0);
+    const ratio = i => i.getBoundingClientRect().width / i.naturalWidth;
+    const exercises = all('div.exercise');
+    const solved = exercises.filter(e => e.id && all('div.solution').some(
+        s => s.querySelector(`a[href="#${e.id}"]`)));
+    // Exercises written as a plain list under an "Exercises" heading: none has a solution to open.
+    const plain = all('section[id^="exercises"]').filter(s => !s.querySelector('div.exercise'))
+        .map(s => s.querySelectorAll(':scope > ol > li, :scope > ul > li').length)
+        .reduce((a, b) => a + b, 0);
+    const text = document.body.innerText;
+    return {
+        code: code.length, code_over: code.filter(overflows).map(e => first(e.textContent)),
+        eqs: eqs.length, eq_over: eqOver.map(c => first(c.textContent)),
+        figures: imgs.length,
+        shrunk: imgs.filter(i => ratio(i) < shrink).map(
+            i => `${i.naturalWidth}px shown at ${Math.round(i.getBoundingClientRect().width)}px`),
+        upscaled: imgs.filter(i => ratio(i) > 1.05).length,
+        nbval: (text.match(/NBVAL_/g) || []).length,
+        exercises: exercises.length + plain, solved: solved.length,
+        unsolved: exercises.filter(e => !solved.includes(e)).map(e => e.id || first(e.textContent)),
+    };
+}"""
+
+
+def legibility_row(docname: str, m: dict) -> str:
+    return (f"{docname:<28} {len(m['code_over']):>4}/{m['code']:<4} {len(m['eq_over']):>3}/{m['eqs']:<3} "
+            f"{len(m['shrunk']):>3}/{m['figures']:<3} {m['upscaled']:>4} {m['nbval']:>6} "
+            f"{m['solved']:>3}/{m['exercises']:<3}")
+
+
+LEGIBILITY_HEADER = (f"{'page':<28} {'code>col':>9} {'eq>col':>7} {'fig<70%':>7} {'up':>4} {'NBVAL_':>6} "
+                     f"{'ex+sol':>7}")
+
+
+def test_book_is_legible(browser) -> None:
+    """At a 1280 px window, on every page: no code block (input or output) and no display equation
+    wider than its column (scrolling sideways), no figure shown below 70% of its natural width, no
+    nbval marker as text, and every exercise with a solution the reader can open.
+
+    Prints (and writes to _build/browser/legibility.txt) one row per page: overflowing/all code blocks,
+    overflowing/all display equations, shrunk/all figures, figures upscaled over 105% (reported, a
+    blurry image), NBVAL_ occurrences, exercises with a solution/all exercises; then fails listing what
+    each failing page shows. A screenshot of each page as a reader opens it goes to _build/browser/."""
+    rows, problems = [LEGIBILITY_HEADER], []
+    for docname in toc_pages():
+        url = built_page(docname).as_uri()
+        with open_page(browser, url, lambda u: u.startswith(LOCAL_SCHEMES)) as (page, _):
+            page.evaluate(MATHJAX_DONE)
+            page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=TIMEOUT_MS)
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOTS / f"legible-{docname.replace('/', '__')}.png"), full_page=True)
+            m = page.evaluate(LEGIBILITY_JS, MIN_SHRINK)
+        rows.append(legibility_row(docname, m))
+        found = [f"{len(m['code_over'])} code blocks wider than the column: {m['code_over'][:3]}"
+                 if m["code_over"] else "",
+                 f"display equations wider than the column: {m['eq_over']}" if m["eq_over"] else "",
+                 f"figures below {MIN_SHRINK:.0%} of their width: {m['shrunk']}" if m["shrunk"] else "",
+                 f"{m['nbval']} NBVAL_ markers as text" if m["nbval"] else "",
+                 f"{m['exercises'] - m['solved']} exercises without a solution ({m['unsolved']})"
+                 if m["solved"] < m["exercises"] else ""]
+        problems += [f"{docname}: {f}" for f in found if f]
+    table = "\n".join(rows)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    (SHOTS / "legibility.txt").write_text(table + "\n")
+    print("\n" + table)
+    assert problems == [], table + "\n\n" + "\n".join(problems)
 
 
 EXTERNAL_REF = re.compile(r"""<(?:script|link|img|iframe|source|audio|video|embed)\b[^>]*?"""

@@ -122,6 +122,33 @@ def test_figure_shows_image_and_each_anchor(inspector):
     assert SUMMARY_CLASS in inspector.summary._dom_classes
 
 
+def test_figure_is_the_columns_width_with_a_legend(inspector):
+    """Issue 14: the PNG is the book column's pixel width (shown at its natural size, not upscaled),
+    its text at least MIN_FONT points, with a legend of the slot colours."""
+    from yolov2.book.viz import COLUMN_WIDTH, DPI, figure_problems
+
+    png = bytes(inspector.view.value)
+    width = int.from_bytes(png[16:20], "big")  # the IHDR chunk: width, then height
+    assert COLUMN_WIDTH * DPI * 0.9 <= width <= COLUMN_WIDTH * DPI
+    assert figure_problems(inspector.figure) == []
+    labels = [t.get_text() for t in inspector.figure.legends[0].get_texts()]
+    assert {"positive", "ignored (IoU > thresh)", "negative"} <= set(labels)
+
+
+def test_ignored_boxes_are_behind_a_toggle(inspector):
+    a = inspector.inspection.assignment
+    assert int(a.ignored.sum()) > 0  # p02 has ignored slots
+    image_axes = inspector.figure.axes[0]
+    dashed = [p for p in image_axes.patches if p.get_linestyle() == "--"]
+    assert dashed == []  # off by default: only truths, positives and the chosen slot
+    inspector.show_ignored.value = True
+    image_axes = inspector.figure.axes[0]
+    dashed = [p for p in image_axes.patches if p.get_linestyle() == "--"]
+    assert len(dashed) == int(a.ignored[0].sum())
+    labels = [t.get_text() for t in inspector.figure.legends[0].get_texts()]
+    assert "ignored slot's box" in labels
+
+
 def test_mismatched_inputs_are_refused(case):
     d, _ = case
     with pytest.raises(ValueError, match="same number of images"):

@@ -23,9 +23,20 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from torch import Tensor
 
-from yolov2.book.viz import draw_anchor_slots, draw_anchors, draw_grid, draw_slot_states
+from yolov2.book.viz import (
+    COLUMN_WIDTH,
+    DPI,
+    MIN_FONT,
+    STATE_COLORS,
+    draw_anchor_slots,
+    draw_anchors,
+    draw_grid,
+    draw_slot_states,
+)
 from yolov2.darknet.region import split_entries
 from yolov2.loss.assign import IGNORED, NEGATIVE, POSITIVE, PRIOR_SEEN, Assignment
 from yolov2.loss.region_loss import RegionLoss
@@ -33,6 +44,9 @@ from yolov2.loss.region_loss import RegionLoss
 STATE_NAMES = {NEGATIVE: "negative", IGNORED: "ignored", POSITIVE: "positive"}
 SUMMARY_CLASS = "yolov2-inspector-summary"  # CSS class of the summary text (the browser test reads it)
 NEGATIVES_LISTED = 5  # the slot menu lists this many negatives, those with the highest best IoU
+# The figure is drawn at the book column's pixel width (COLUMN_WIDTH in at DPI: ~680 px), so the
+# page shows its PNG at its natural size, neither upscaled (blurry) nor shrunk (tiny text).
+FIGURE_SIZE = (COLUMN_WIDTH - 0.2, 5.4)  # inches
 
 
 @dataclasses.dataclass
@@ -143,7 +157,7 @@ class AssignmentInspector:
     """
 
     def __init__(self, images: Tensor, truth: Tensor, logits: Tensor, loss_fn: RegionLoss,
-                 class_names: Sequence[str], seen: int = 0, dpi: int = 72):
+                 class_names: Sequence[str], seen: int = 0, dpi: int = DPI):
         import ipywidgets as w  # lazily: the package does not need ipywidgets to import
 
         if not (len(images) == len(truth) == len(logits)):
@@ -164,15 +178,19 @@ class AssignmentInspector:
                                     description="thresh", readout_format=".2f", continuous_update=False,
                                     style=narrow, layout=w.Layout(width="270px"))
         self.slot = w.Dropdown(description="slot", style=narrow, layout=w.Layout(width="360px"))
+        # the ignored slots' predicted boxes (dashed orange) crowd the image: off until asked for
+        self.show_ignored = w.Checkbox(value=False, description="ignored slots' boxes", indent=False,
+                                       layout=w.Layout(width="200px"))
         self.summary = w.HTML()
         self.summary.add_class(SUMMARY_CLASS)
         self.details = w.HTML()
         self.view = w.Image(format="png")
-        self.widget = w.VBox([w.HBox([self.image, self.seen, self.thresh]), self.summary, self.view,
-                              self.slot, self.details])
+        self.widget = w.VBox([w.HBox([self.image, self.seen, self.thresh]), self.summary,
+                              self.show_ignored, self.view, self.slot, self.details])
         for control in (self.image, self.seen, self.thresh):
             control.observe(self.refresh, names="value")
         self.slot.observe(self._slot_changed, names="value")
+        self.show_ignored.observe(lambda change: self.draw(), names="value")
         self.refresh()
 
     def _ipython_display_(self) -> None:
@@ -223,26 +241,39 @@ class AssignmentInspector:
         self.draw()
 
     def draw(self) -> None:
-        """Image, grid, truths, positive/ignored predictions and the anchors at the chosen slot's cell;
-        beside it each anchor's slot states (positives green, ignored orange)."""
+        """Image, grid, truths, positive (and, if `show_ignored`, ignored) predictions and the anchors at
+        the chosen slot's cell; beside it each anchor's slot states; a legend of the colours below."""
         a, (n, j, i) = self.inspection.assignment, self.slot.value
         _, num, h, w = a.state.shape  # (1, A, H, W)
         image = self.images[self.image.value]
         size = (image.shape[1], image.shape[0])
-        fig = Figure(figsize=(7.2, 5.6))
-        grid = fig.add_gridspec(num, 2, width_ratios=(4.4, 1), wspace=0.02, hspace=0.22)
+        fig = Figure(figsize=FIGURE_SIZE)
+        grid = fig.add_gridspec(num, 2, width_ratios=(4.4, 1), wspace=0.02, hspace=0.25)
         ax = fig.add_subplot(grid[:, 0])
         ax.imshow(np.clip(image, 0, 1), extent=(0, size[0], size[1], 0), interpolation="nearest")
         draw_grid(ax, h, w, size)
         draw_anchors(ax, self.loss_fn.anchors, h, w, (i, j), size, labels=False, linewidth=0.8)
-        draw_anchor_slots(ax, a, 0, size, class_names=self.class_names, highlight=(n, j, i))
+        draw_anchor_slots(ax, a, 0, size, class_names=self.class_names, highlight=(n, j, i),
+                          ignored=self.show_ignored.value)
         ax.set_xlim(0, size[0])
         ax.set_ylim(size[1], 0)
         ax.set_axis_off()
         for m in range(num):
             sub = fig.add_subplot(grid[m, 1])
             draw_slot_states(sub, a, 0, m, annotate_above=None, highlight=(j, i) if m == n else None)
-            sub.set_ylabel(f"a{m}", rotation=0, labelpad=10, fontsize=8)
-        fig.subplots_adjust(left=0.01, right=0.97, top=0.98, bottom=0.02)
+            sub.set_ylabel(f"a{m}", rotation=0, labelpad=10, fontsize=MIN_FONT)
+        legend = [
+            Line2D([], [], color="0.3", lw=1.2, label="truth t"),
+            Line2D([], [], color="0.3", lw=2.4, label="positive's box"),
+            Line2D([], [], color="black", lw=1.6, ls=":", label="chosen slot"),
+            Patch(color=STATE_COLORS[POSITIVE], label="positive"),
+            Patch(color=STATE_COLORS[IGNORED], label="ignored (IoU > thresh)"),
+            Patch(color=STATE_COLORS[NEGATIVE], label="negative"),
+        ]
+        if self.show_ignored.value:
+            legend.insert(2, Line2D([], [], color=STATE_COLORS[IGNORED], lw=1, ls="--",
+                                    label="ignored slot's box"))
+        fig.legend(handles=legend, loc="lower center", ncols=3, fontsize=MIN_FONT, frameon=False)
+        fig.subplots_adjust(left=0.01, right=0.97, top=0.98, bottom=0.14)
         self.figure = fig
         self.view.value = _png(fig, self.dpi)
