@@ -104,7 +104,7 @@ def _small_eps(mp, net):
 MUTANTS = {
     "reorg as pixel_unshuffle": ("voc.cfg", lambda mp, net: mp.setattr(Reorg, "forward", _pixel_unshuffle)),
     "route in reverse order": ("voc.cfg", lambda mp, net: mp.setattr(Route, "forward", _reversed_route)),
-    "maxpool zero padding": ("tiny.cfg", lambda mp, net: mp.setattr(yolov2.darknet.layers, "FLT_MAX", 0.0)),
+    "maxpool zero padding": ("tiny.cfg", lambda mp, net: mp.setattr(yolov2.darknet.layers, "pad_value", lambda dtype: 0.0)),
     "batch norm eps 1e-6": ("tiny.cfg", _small_eps),
 }
 
