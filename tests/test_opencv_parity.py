@@ -94,6 +94,10 @@ def _reversed_route(self, *xs):
     return torch.cat(xs[::-1], dim=1)
 
 
+def _zero(dtype):
+    return 0.0
+
+
 def _small_eps(mp, net):
     for conv in net.conv_layers():
         if conv.bn is not None:
@@ -104,7 +108,7 @@ def _small_eps(mp, net):
 MUTANTS = {
     "reorg as pixel_unshuffle": ("voc.cfg", lambda mp, net: mp.setattr(Reorg, "forward", _pixel_unshuffle)),
     "route in reverse order": ("voc.cfg", lambda mp, net: mp.setattr(Route, "forward", _reversed_route)),
-    "maxpool zero padding": ("tiny.cfg", lambda mp, net: mp.setattr(yolov2.darknet.layers, "pad_value", lambda dtype: 0.0)),
+    "maxpool zero padding": ("tiny.cfg", lambda mp, _: mp.setattr(yolov2.darknet.layers, "pad_value", _zero)),
     "batch norm eps 1e-6": ("tiny.cfg", _small_eps),
 }
 

@@ -21,6 +21,7 @@ from matplotlib import colormaps
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
+from yolov2.data.plots import COLUMN_WIDTH, DPI, MIN_FONT, STYLE  # noqa: F401 (DPI: for the chapters)
 from yolov2.detect.draw import class_color
 from yolov2.loss.assign import IGNORED, NEGATIVE, POSITIVE
 
@@ -29,17 +30,10 @@ STATE_COLORS = {NEGATIVE: (0.88, 0.88, 0.88), IGNORED: (1.0, 0.62, 0.1), POSITIV
 
 # --------------------------------------------------------------------------- the book's figure style
 
-COLUMN_WIDTH = 7.0  # inches: the book's text column is ~700 px wide at a 1280 px window, at 100 dpi
-DPI = 100
-MIN_FONT = 9.0  # points: the smallest text a figure may show at the column's width
+# One style for the book and the package's command figures (`anchors --plot`, `eval --plots`): it lives
+# in the lower part, yolov2.data.plots (the text column's 7 inches at 100 dpi, no text under 9 points).
 # Every chapter calls use_book_style() once; figures are then sized in inches of the column.
-BOOK_STYLE = {
-    "figure.dpi": DPI, "savefig.dpi": DPI, "figure.figsize": (COLUMN_WIDTH, 3.5),
-    "figure.constrained_layout.use": True,
-    "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "figure.titlesize": 11,
-    "xtick.labelsize": MIN_FONT, "ytick.labelsize": MIN_FONT, "legend.fontsize": MIN_FONT,
-    "legend.title_fontsize": MIN_FONT,
-}
+BOOK_STYLE = STYLE
 
 
 def use_book_style() -> None:

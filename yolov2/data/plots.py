@@ -1,8 +1,9 @@
 """Figures that commands write (`anchors --plot`, `eval --plots`), in the book's figure style.
 
-The style is the book's (`yolov2.book.viz.BOOK_STYLE`, which the package may not import): the text column's
-7 inches at 100 dpi, no text under 9 points. Figures are `matplotlib.figure.Figure`s (no pyplot, no global
-state, any backend) written atomically as PNG (or the format of the file's extension).
+The style is defined here and the book's figures use it too (`yolov2.book.viz.BOOK_STYLE` is `STYLE`):
+the text column's 7 inches at 100 dpi, no text under 9 points. Figures are `matplotlib.figure.Figure`s
+(no pyplot, no global state, any backend) written atomically as PNG (or the format of the file's
+extension).
 """
 
 from __future__ import annotations
