@@ -51,3 +51,9 @@ def add_names(p, what: str = "") -> None:
 def add_data(p, required: bool = True, what: str = "") -> None:
     option(p, "--data", required=required, metavar="DATA",
            help=f"a VOC devkit root (holding VOC2007/, ...) or a darknet .data file{what}")
+
+
+def add_image_set(p) -> None:
+    """`--year` and `--image-set`: which VOC image set of a devkit root (a .data file names its own)."""
+    p.add_argument("--year", default="2007", help="VOC year (a devkit root)")
+    p.add_argument("--image-set", default="test", help="VOC image set (a devkit root)")

@@ -30,7 +30,7 @@ from yolov2.darknet.cfg import CfgError, cfg_file
 from yolov2.darknet.model import Darknet
 from yolov2.darknet.region import activate
 from yolov2.darknet.weights import WeightsError
-from yolov2.data.cli import add_data, add_names, option, parser
+from yolov2.data.cli import add_data, add_image_set, add_names, option, parser
 from yolov2.data.darknet_data import is_data_file, read_data_file, read_image_list
 from yolov2.data.image import ImageError, letterbox_image, read_image, resize_image
 from yolov2.data.labels import read_class_names
@@ -409,8 +409,7 @@ def _valid(argv: list[str]) -> int:
                "--data data/synthetic --image-set test --out results/")
     g = p.add_argument_group("data")
     add_data(g)
-    g.add_argument("--year", default="2007", help="VOC year (a devkit root)")
-    g.add_argument("--image-set", default="test", help="VOC image set (a devkit root)")
+    add_image_set(g)
     p.add_argument("--out", required=True, help="folder for the result files")
     _common_args(p, 0.005)
     args = p.parse_args(argv)

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from yolov2.data.cli import add_data, add_names, parser
+from yolov2.data.cli import add_data, add_image_set, add_names, parser
 from yolov2.data.darknet_data import annotations_from_records, default_names, is_data_file, load_split
 from yolov2.data.voc import VOC_CLASSES, Annotation, DatasetError, parse_annotation, read_image_set
 from yolov2.files import read_text, write_files, write_text
@@ -351,8 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--json map.json --plots plots/")
     g = p.add_argument_group("data")
     add_data(g)
-    g.add_argument("--year", default="2007", help="VOC year (a devkit root)")
-    g.add_argument("--image-set", default="test", help="VOC image set (a devkit root)")
+    add_image_set(g)
     add_names(g)
     p.add_argument("--results", required=True, help="folder of comp4_det_test_<class>.txt files")
     p.add_argument("--metric", choices=METRICS, default="voc07",
