@@ -29,7 +29,9 @@ from yolov2.data.labels import (
     darknet_label_rows,
     label_path,
     read_class_names,
+    read_image_list,
     read_yolo_labels,
+    resolve,
     write_class_names,
     write_yolo_labels,
 )
@@ -76,15 +78,6 @@ class DarknetData:
 def is_data_file(data: str | Path) -> bool:
     """True for a darknet `.data` file (a file; a devkit root is a folder)."""
     return Path(data).is_file()
-
-
-def resolve(value: str, named_in: Path) -> Path:
-    """A path written in `named_in`: as darknet opens it (from the current folder), else relative to
-    the folder of `named_in`."""
-    p = Path(value).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    return named_in.parent / p
 
 
 def read_data_file(path: str | Path) -> DarknetData:
@@ -138,25 +131,6 @@ def default_names(data: str | Path, names: str | Path | None = None) -> list[str
     if names is not None:
         return read_class_names(names)
     return dataset_names(data)[1] or list(VOC_CLASSES)
-
-
-def read_image_list(list_path: str | Path) -> list[Path]:
-    """A darknet image list (one path per line), each image resolved as darknet opens it."""
-    list_path = Path(list_path)
-    try:
-        lines = read_text(list_path, DatasetError).splitlines()
-    except OSError as e:
-        raise DatasetError(f"{list_path}: cannot read image list: {e.strerror or e}") from None
-    paths = []
-    for n, line in enumerate(lines, 1):
-        if line.strip():
-            p = resolve(line.strip(), list_path)
-            if not p.is_file():
-                raise DatasetError(f"{list_path}:{n}: missing image {p}")
-            paths.append(p)
-    if not paths:
-        raise DatasetError(f"{list_path}: no images listed")
-    return paths
 
 
 def load_split(data: str | Path, split: str = "train", num_classes: int | None = None) -> list[Record]:

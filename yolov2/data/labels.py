@@ -107,20 +107,38 @@ def _label_line(line: str, where: str, num_classes: int | None) -> list[float]:
     return values
 
 
-def load_darknet_list(list_path: str | Path, num_classes: int | None = None) -> list[Record]:
-    """A darknet `train.txt` (one image path per line) with labels from `label_path` -> records."""
+def resolve(value: str, named_in: Path) -> Path:
+    """A path written in `named_in`: as darknet opens it (from the current folder), else relative to
+    the folder of `named_in`."""
+    p = Path(value).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    return named_in.parent / p
+
+
+def read_image_list(list_path: str | Path) -> list[Path]:
+    """A darknet image list (one path per line), each image resolved as darknet opens it."""
     list_path = Path(list_path)
     try:
-        lines = [s.strip() for s in read_text(list_path, DatasetError).splitlines() if s.strip()]
+        lines = read_text(list_path, DatasetError).splitlines()
     except OSError as e:
         raise DatasetError(f"{list_path}: cannot read image list: {e.strerror or e}") from None
-    records = []
-    for n, image in enumerate(lines, 1):
-        image_path = Path(image) if Path(image).is_absolute() else list_path.parent / image
-        if not image_path.is_file():
-            raise DatasetError(f"{list_path}:{n}: missing image {image_path}")
-        records.append(Record(str(image_path), None, read_yolo_labels(label_path(image_path), num_classes)))
-    return records
+    paths = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            p = resolve(line.strip(), list_path)
+            if not p.is_file():
+                raise DatasetError(f"{list_path}:{n}: missing image {p}")
+            paths.append(p)
+    if not paths:
+        raise DatasetError(f"{list_path}: no images listed")
+    return paths
+
+
+def load_darknet_list(list_path: str | Path, num_classes: int | None = None) -> list[Record]:
+    """A darknet `train.txt` (one image path per line) with labels from `label_path` -> records."""
+    return [Record(str(p), None, read_yolo_labels(label_path(p), num_classes))
+            for p in read_image_list(list_path)]
 
 
 # --------------------------------------------------------------------------- class lists
