@@ -437,3 +437,56 @@ def test_widget_live_in_voila(browser, case: LiveWidget) -> None:
     assert tr.errors == [], f"JavaScript errors in the Voila page: {tr.errors}"
     if case.check:
         case.check(before, after)
+
+
+PLAYGROUND = ROOT / "tests" / "fixtures" / "book" / "playground.ipynb"
+PLAYGROUND_COUNT = re.compile(r"(\d+) boxes at thresh ([\d.]+)")
+
+
+def _playground_detector_count(thresh: float, tmp: Path) -> int:
+    """What `Detector` returns at thresh on the fixture's image: the demo model, synthetic image
+    000002 of seed 0 (the fixture makes the same three images in its own temporary folder)."""
+    from yolov2.darknet.cfg import stock_cfg
+    from yolov2.darknet.model import Darknet
+    from yolov2.data.image import read_image
+    from yolov2.data.synth import make_synthetic_voc
+    from yolov2.detect.detector import Detector
+
+    net = Darknet(stock_cfg("yolov2-tiny-synth"))
+    net.load_weights(ROOT / "data" / "yolov2-tiny-synth.weights")
+    root = make_synthetic_voc(tmp / "synth", 0, 3, seed=0)
+    return len(Detector(net, thresh=thresh)(read_image(root / "VOC2007" / "JPEGImages" / "000002.jpg")))
+
+
+def test_playground_threshold_slider_live_in_voila(browser, tmp_path) -> None:
+    """The detection playground (book chapter 8) in Voila: moving the threshold slider down with the
+    keyboard redraws, and the number of boxes drawn is the number `Detector` returns there."""
+    from yolov2.book.playground import COUNT_CLASS, THRESH_CLASS
+
+    steps = 12  # .50 -> .38: 000002 has 5 boxes at .5, 6 at .38
+    log = ROOT / "_build" / "browser" / "voila-playground.log"
+    count, thresh = f".{COUNT_CLASS}", f".{THRESH_CLASS}"
+    with voila(PLAYGROUND, log) as url:
+        local = url.rstrip("/").split("//", 1)[1]
+        with open_page(browser, url, lambda u: u.startswith(LOCAL_SCHEMES) or u.split("//", 1)[-1]
+                       .startswith(local)) as (page, tr):
+            page.wait_for_function("sel => (document.querySelector(sel)?.innerText ?? '').trim() !== ''",
+                                   arg=thresh, timeout=TIMEOUT_MS)
+            before = _text(page, count)
+            handle = page.wait_for_selector(".widget-slider .noUi-handle", timeout=TIMEOUT_MS)  # thresh first
+            handle.focus()
+            for _ in range(steps):
+                page.keyboard.press("ArrowLeft")
+            page.wait_for_function("([sel, want]) => document.querySelector(sel)?.innerText === want",
+                                   arg=[thresh, "0.38"], timeout=TIMEOUT_MS)
+            after = _text(page, count)
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOTS / "voila-playground.png"), full_page=True)
+    others = [u for u in tr.blocked if not u.startswith(VOILA_TEMPLATE_CDN)]
+    assert others == [], f"Voila page requested non-local resources: {others}"
+    assert tr.errors == [], f"JavaScript errors in the Voila page: {tr.errors}"
+    first, second = PLAYGROUND_COUNT.search(before), PLAYGROUND_COUNT.search(after)
+    assert first and second, f"no box count in {before!r} / {after!r}"
+    assert first[2] == "0.50" and int(first[1]) == _playground_detector_count(0.5, tmp_path / "a")
+    assert second[2] == "0.38" and int(second[1]) == _playground_detector_count(0.38, tmp_path / "b")
+    assert first[1] != second[1], "the threshold moved but the drawn boxes did not change"

@@ -609,3 +609,100 @@ def test_viz_helpers(synth_net):
     curves = {"a": type("C", (), {"recall": np.array([0.5, 1.0]), "precision": np.array([1.0, 0.5])})()}
     lines = plot_pr_curves(ax, curves, {"a": 0.75})
     assert len(lines) == 2 and lines[0].get_label() == "a (75.0)"
+
+
+# --------------------------------------------------------------------------- who suppressed whom
+
+
+def darknet_nms_record(boxes: np.ndarray, obj: np.ndarray, prob: np.ndarray, nms: float, kind: str):
+    """do_nms_sort / do_nms_obj statement by statement, recording for each zeroed (slot, class) the `i`
+    whose `for j` loop zeroed it first (the oracle). Returns (prob after, objectness after, by)."""
+    dets = [int(i) for i in darknet_swap_loop(obj != 0)][:int((obj != 0).sum())]
+    prob, obj = prob.copy(), obj.copy()
+    iou = box_iou_matrix(t(boxes), t(boxes)).numpy()
+    if kind == "obj":
+        by = np.full(len(obj), -1)
+        dets = sorted(dets, key=lambda i: -obj[i])
+        for a, i in enumerate(dets):
+            if obj[i] == 0:
+                continue
+            for j in dets[a + 1:]:
+                if iou[i, j] > np.float32(nms) and obj[j] != 0:
+                    obj[j], prob[j], by[j] = 0, 0, i
+        return prob, obj, by
+    by = np.full(prob.shape, -1)
+    for k in range(prob.shape[1]):
+        dets = sorted(dets, key=lambda i: -prob[i, k])
+        for a, i in enumerate(dets):
+            if prob[i, k] == 0:
+                continue
+            for j in dets[a + 1:]:
+                if iou[i, j] > np.float32(nms) and prob[j, k] != 0:
+                    prob[j, k], by[j, k] = 0, i
+    return prob, obj, by
+
+
+@pytest.mark.parametrize("kind", ["sort", "obj"])
+def test_nms_explain_names_darknets_suppressor_and_keeps_the_survivors(kind):
+    """Many boxes (several 64-bit words), ties, zero objectness, two images: with explain the NMS
+    gives the same survivors, and `by` is the slot whose loop zeroed each probability in darknet."""
+    rng = np.random.default_rng(1)
+    n, c = 300, 4
+    xy = rng.uniform(0, 1, (2, n, 2))
+    boxes = np.concatenate([xy, rng.uniform(0.05, 0.3, (2, n, 2))], -1).astype(np.float32)
+    obj = np.where(rng.random((2, n)) < 0.7, np.round(rng.uniform(0.1, 1, (2, n)), 2), 0).astype(np.float32)
+    prob = np.round(rng.random((2, n, c)), 1).astype(np.float32) * (obj[..., None] != 0)
+    args = (t(boxes), t(obj), t(prob), 0.3)
+    if kind == "obj":
+        plain = do_nms_obj(*args)
+        *explained, by = do_nms_obj(*args, explain=True)
+    else:
+        plain = do_nms_sort(*args)
+        *explained, by = do_nms_sort(*args, explain=True)
+    for a, b in zip(plain, explained, strict=True):
+        assert torch.equal(a, b)
+    post = explained[1] if kind == "obj" else explained[0]
+    for b in range(2):
+        want_prob, _, want_by = darknet_nms_record(boxes[b], obj[b], prob[b], 0.3, kind)
+        np.testing.assert_array_equal(post[b].numpy(), want_prob)
+        np.testing.assert_array_equal(by[b].numpy(), want_by)
+        assert (want_by >= 0).sum() > 50
+
+
+def test_nms_explain_on_the_toy_case():
+    # A and B overlap (IoU .6); C far away. Class 0: A > B; class 1: B > A.
+    boxes = t(np.array([[0.3, 0.5, 0.2, 0.2], [0.32, 0.5, 0.2, 0.2], [0.8, 0.5, 0.1, 0.1]], np.float32))[None]
+    obj = t(np.array([0.95, 0.9, 0.6], np.float32))[None]
+    prob = t(np.array([[0.9, 0.6], [0.8, 0.7], [0.5, 0.55]], np.float32))[None]
+    _, _, by = do_nms_sort(boxes, obj, prob, 0.45, explain=True)
+    assert by[0].tolist() == [[-1, 1], [0, -1], [-1, -1]]  # A took B's class 0, B took A's class 1
+    *_, by = do_nms_obj(boxes, obj, prob, 0.45, explain=True)
+    assert by[0].tolist() == [-1, 0, -1]  # A (objectness .95) wiped B
+
+
+@pytest.mark.parametrize("nms_kind", ["sort", "obj"])
+def test_detector_explain_lists_what_nms_removed(nms_kind):
+    """On the demo model and synthetic images: `explain` gives the call's detections, and each
+    suppression names a slot that had the class before NMS and lost it to a box at IoU > nms."""
+    import tempfile
+
+    net = Darknet(stock_cfg("yolov2-tiny-synth"))
+    net.load_weights(Path(__file__).resolve().parents[1] / "data" / "yolov2-tiny-synth.weights")
+    root = make_synthetic_voc(Path(tempfile.mkdtemp()) / "synth", 0, 4, seed=0)
+    images = [read_image(p) for p in sorted((root / "VOC2007" / "JPEGImages").glob("*.jpg"))]
+    det = Detector(net, thresh=0.1, nms_kind=nms_kind, names=SYNTH_CLASSES)
+    plain, explained = det(images), det.explain(images)
+    before = Detector(net, thresh=0.1, nms=1.0, nms_kind=nms_kind)(images)  # IoU is never > 1
+    assert sum(len(d.suppressed) for d in explained) > 5
+    for p, e, b in zip(plain, explained, before, strict=True):
+        assert p.suppressed is None  # the same detections (boxes, scores, order)
+        for f in ("boxes", "objectness", "probs", "index"):
+            np.testing.assert_array_equal(getattr(p, f), getattr(e, f))
+        for s in e.suppressed:
+            assert s.iou > det.nms and s.by != s.slot
+            had = dict(zip(b.index.tolist(), b.probs, strict=True))[s.slot]  # its probabilities before
+            assert [float(had[c]) for c in s.classes] == list(s.probs) and all(p > 0 for p in s.probs)
+            lost = dict(zip(e.index.tolist(), e.probs, strict=True)).get(s.slot)
+            assert lost is None or all(lost[c] == 0 for c in s.classes)
+            if nms_kind == "sort":  # the suppressor kept the class, so it is drawn
+                assert dict(zip(e.index.tolist(), e.probs, strict=True))[s.by][s.classes[0]] > 0

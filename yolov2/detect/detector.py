@@ -124,14 +124,16 @@ class Detector:
         logits = self.net(batch.to(self.device, torch.float32))
         return activate(logits.float(), self.net.region.num)
 
-    def detect_batch(self, inputs: np.ndarray, sizes: np.ndarray) -> list[Detections]:
-        """Pre-processed inputs (N, neth, netw, 3) of images sized (N, 2) `(w, h)` -> detections."""
+    def detect_batch(self, inputs: np.ndarray, sizes: np.ndarray, explain: bool = False) -> list[Detections]:
+        """Pre-processed inputs (N, neth, netw, 3) of images sized (N, 2) `(w, h)` -> detections.
+
+        explain: fill `Detections.suppressed` (what NMS removed, by which box, at which IoU)."""
         batch = torch.from_numpy(np.ascontiguousarray(inputs.transpose(0, 3, 1, 2)))
         output = self.forward(batch)
         return detections_from_output(output, self.net.anchors.to(output.device), np.asarray(sizes),
                                       self.net.width, self.net.height, self.thresh, self.nms,
                                       letterbox=self.letterbox, relative=self.relative,
-                                      nms_kind=self.nms_kind)
+                                      nms_kind=self.nms_kind, explain=explain)
 
     def __call__(self, images):
         """Detect objects in one image or a list, all in one forward.
@@ -140,15 +142,27 @@ class Detector:
         them -> `Detections` for one image, a list of `Detections` for a list (also an (N, H, W, 3)
         array). Arrays from `cv2.imread` are BGR: convert them (`Detector.read` reads RGB).
         """
+        return self._detect(images, explain=False)
+
+    def explain(self, images):
+        """As calling the detector, and each `Detections.suppressed` lists what NMS removed: the
+        slot, the classes it lost, the slot whose box removed them and their IoU (`Suppression`).
+
+        The same forward and the same NMS run (which records who suppressed whom): the detections
+        are those the call gives.
+        """
+        return self._detect(images, explain=True)
+
+    def _detect(self, images, explain: bool):
         if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim == 3):
-            return self([images])[0]
+            return self._detect([images], explain)[0]
         if isinstance(images, Tensor) or (isinstance(images, np.ndarray) and images.ndim != 4):
             return [self._image(images)]  # raises: a tensor is the net's input, an array not an image
         images = [self._image(x) for x in images]
         if not images:
             return []
         sizes = np.array([(im.shape[1], im.shape[0]) for im in images])
-        dets = self.detect_batch(np.stack([self.preprocess(im) for im in images]), sizes)
+        dets = self.detect_batch(np.stack([self.preprocess(im) for im in images]), sizes, explain=explain)
         if self.names is not None:
             for d in dets:
                 d.names = self.names

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from yolov2.darknet.boxes import box_iou_matrix
+from yolov2.darknet.boxes import box_iou, box_iou_matrix
 from yolov2.darknet.region import pred_boxes, split_entries
 from yolov2.data.image import letterbox_geometry
 from yolov2.detect.evaluate import ClassDetections
@@ -148,7 +148,8 @@ def _packed_overlaps(boxes: Tensor, nms: float, max_elements: int = 1 << 22) -> 
     return torch.cat(out) if out else torch.zeros(0, u, words, dtype=torch.long, device=boxes.device)
 
 
-def greedy_nms(boxes: Tensor, orders: Tensor, count: Tensor, nms: float) -> Tensor:
+def greedy_nms(boxes: Tensor, orders: Tensor, count: Tensor, nms: float,
+               explain: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Greedy NMS of G processing orders per image, vectorised over images, orders and boxes.
 
     boxes (N, n, 4) centre-size, any unit; orders (N, G, n) slot orders (one per class, or one by
@@ -157,6 +158,11 @@ def greedy_nms(boxes: Tensor, orders: Tensor, count: Tensor, nms: float) -> Tens
     has IoU > nms with it (an IoU exactly at nms does not suppress). The IoUs among the slots taking
     part are computed once per image, kept as bitsets; then one step per position, as darknet's
     `for i` loop, for every image and order at once (its `for j` loop is one OR of a bitset row).
+
+    explain: also return `by` (N, G, K) int64, the slot that suppressed the slot at each position
+    (-1 where it survived or does not take part): the first surviving slot before it in its order
+    with IoU > nms, the `i` whose `for j` loop zeroed it in darknet. The same loop records it as it
+    ORs each survivor's row, so the survivors are the same with and without it.
     """
     n_img, g, n = orders.shape
     k = int(count.max()) if count.numel() else 0
@@ -167,12 +173,24 @@ def greedy_nms(boxes: Tensor, orders: Tensor, count: Tensor, nms: float) -> Tens
     image = torch.arange(n_img, device=orders.device).view(-1, 1).expand(n_img, g)
     suppressed = torch.zeros(n_img, g, over.shape[-1], dtype=torch.long, device=orders.device)
     kept = torch.zeros_like(valid)
+    u = packed.shape[1]
+    if explain:  # (N, G, U) packed index of the survivor that first set each bit of `suppressed`
+        by_packed = torch.full((n_img, g, u), -1, dtype=torch.long, device=orders.device)
+        bit = torch.arange(64, device=orders.device)
     for t in range(k):
         i = pos[:, :, t]  # (N, G) the box each order reaches at this step
         hit = (suppressed.gather(2, (i // 64).unsqueeze(-1)).squeeze(-1) >> (i % 64)) & 1
         kept[:, :, t] = valid[:, :, t] & (hit == 0)
-        suppressed |= over[image, i] * kept[:, :, t].unsqueeze(-1)  # a kept box suppresses its row
-    return kept
+        row = over[image, i] * kept[:, :, t].unsqueeze(-1)  # (N, G, W) a kept box suppresses its row
+        suppressed |= row
+        if explain:
+            bits = ((row.unsqueeze(-1) >> bit) & 1).flatten(2)[..., :u] == 1  # (N, G, U)
+            by_packed = torch.where(bits & (by_packed < 0), i.unsqueeze(-1), by_packed)
+    if not explain:
+        return kept
+    by = by_packed.gather(2, pos)  # (N, G, K) packed index, or -1
+    by = packed.gather(1, by.clamp(min=0).flatten(1)).view(n_img, g, k)  # -> slot
+    return kept, torch.where(valid & ~kept, by, torch.full_like(by, -1))
 
 
 def class_orders(prob: Tensor, perm: Tensor) -> Tensor:
@@ -194,35 +212,52 @@ def _partition(obj: Tensor) -> Tensor:
     return torch.as_tensor(np.stack(perms), device=obj.device).reshape(obj.shape)
 
 
-def do_nms_sort(boxes: Tensor, obj: Tensor, prob: Tensor, nms: float) -> tuple[Tensor, Tensor]:
+def do_nms_sort(boxes: Tensor, obj: Tensor, prob: Tensor, nms: float,
+                explain: bool = False) -> tuple[Tensor, ...]:
     """Darknet's per-class NMS: (N, n, 4), (N, n), (N, n, C) -> (probabilities after NMS, final order).
 
     For each class, a box with IoU > nms with a higher-ranked surviving box of that class loses that
     class's probability only; its box, objectness and other classes stay. Boxes: any one unit.
+    explain: also return `by` (N, n, C) int64, the slot whose box took each probability (-1 where
+    none did): `greedy_nms`'s record of the same run.
     """
     orders = class_orders(prob, _partition(obj))  # (N, C, n)
     count = (prob > 0).sum(1)  # (N, C): the slots with a probability lead each class's order
-    kept = greedy_nms(boxes, orders, count, nms)  # (N, C, K)
+    result = greedy_nms(boxes, orders, count, nms, explain=explain)  # (N, C, K)
+    kept = result[0] if explain else result
     n, c, k = kept.shape
     gone = torch.zeros_like(prob, dtype=torch.bool)
     image = torch.arange(n, device=prob.device).view(n, 1, 1).expand(n, c, k)
     cls = torch.arange(c, device=prob.device).view(1, c, 1).expand(n, c, k)
     gone[image, orders[..., :k], cls] = ~kept  # where the prob is 0 already, zeroing changes nothing
-    return torch.where(gone, torch.zeros_like(prob), prob), orders[:, -1]
+    post = torch.where(gone, torch.zeros_like(prob), prob)
+    if not explain:
+        return post, orders[:, -1]
+    by = torch.full(prob.shape, -1, dtype=torch.long, device=prob.device)
+    by[image, orders[..., :k], cls] = result[1]  # a class's order holds each slot once
+    return post, orders[:, -1], by
 
 
-def do_nms_obj(boxes: Tensor, obj: Tensor, prob: Tensor, nms: float) -> tuple[Tensor, Tensor, Tensor]:
+def do_nms_obj(boxes: Tensor, obj: Tensor, prob: Tensor, nms: float,
+               explain: bool = False) -> tuple[Tensor, ...]:
     """Darknet's class-agnostic NMS on objectness -> (objectness, probabilities, final order).
 
-    A suppressed box loses its objectness and all its class probabilities.
+    A suppressed box loses its objectness and all its class probabilities. explain: also return
+    `by` (N, n) int64, the slot whose box suppressed each slot (-1 where none did).
     """
     perm = _partition(obj)
     order = perm.gather(1, torch.sort(obj.gather(1, perm), dim=1, descending=True, stable=True).indices)
-    kept = greedy_nms(boxes, order.unsqueeze(1), (obj != 0).sum(1, keepdim=True), nms)[:, 0]  # (N, K)
+    result = greedy_nms(boxes, order.unsqueeze(1), (obj != 0).sum(1, keepdim=True), nms, explain=explain)
+    kept = (result[0] if explain else result)[:, 0]  # (N, K)
     gone = torch.zeros_like(obj, dtype=torch.bool).scatter_(1, order[:, :kept.shape[1]], ~kept)
     gone &= obj != 0
-    return (torch.where(gone, torch.zeros_like(obj), obj),
-            torch.where(gone.unsqueeze(-1), torch.zeros_like(prob), prob), order)
+    out = (torch.where(gone, torch.zeros_like(obj), obj),
+           torch.where(gone.unsqueeze(-1), torch.zeros_like(prob), prob), order)
+    if not explain:
+        return out
+    by = torch.full(obj.shape, -1, dtype=torch.long, device=obj.device)
+    by.scatter_(1, order[:, :kept.shape[1]], result[1][:, 0])
+    return (*out, by)
 
 
 # --------------------------------------------------------------------------- output lines
@@ -270,6 +305,26 @@ def draw_lines(prob: np.ndarray, thresh: float, class_names: Sequence[str]) -> l
 # --------------------------------------------------------------------------- detections
 
 
+@dataclass(frozen=True)
+class Suppression:
+    """One NMS decision: the box of slot `slot` lost the probabilities of `classes` (their values
+    before NMS: `probs`) to the box of slot `by`, their IoU `iou` being > nms.
+
+    `do_nms_sort` (per class): one class per decision, so a slot can lose one class and keep another.
+    `do_nms_obj`: every class the slot had, with its objectness. `iou` is the IoU NMS compared (on
+    the boxes it ran on: relative or pixel); `box` and `by_box` are pixel corners `(x1, y1, x2, y2)`
+    of the original image, as `Detections.xyxy`.
+    """
+
+    slot: int
+    classes: tuple[int, ...]
+    probs: tuple[float, ...]
+    by: int
+    iou: float
+    box: tuple[float, float, float, float]
+    by_box: tuple[float, float, float, float]
+
+
 @dataclass
 class Detections:
     """One image's detections after NMS, in darknet's final order: K boxes with a nonzero probability.
@@ -277,7 +332,9 @@ class Detections:
     boxes (K, 4) pixel centre-size `(x, y, w, h)` in the original image (float32); objectness (K,);
     probs (K, C) after NMS (0 where below thresh or suppressed); index (K,) the slot
     `a*H*W + row*W + col` each came from; width, height: the image size in pixels; names: the C class
-    names when the detector knows them (`Detector.load` sets them), for `labels()` and `draw()`.
+    names when the detector knows them (`Detector.load` sets them), for `labels()` and `draw()`;
+    suppressed: what NMS removed and why (`Suppression`s), when asked for
+    (`detections_from_output(..., explain=True)`, `Detector.explain`).
     """
 
     boxes: np.ndarray
@@ -287,6 +344,7 @@ class Detections:
     width: int
     height: int
     names: Sequence[str] | None = field(default=None, repr=False, compare=False)
+    suppressed: list[Suppression] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -358,12 +416,15 @@ class Detections:
 
 def detections_from_output(output: Tensor, anchors: Tensor, sizes: np.ndarray, netw: int, neth: int,
                            thresh: float, nms: float = 0.45, *, letterbox: bool = True,
-                           relative: bool = True, nms_kind: str = "sort") -> list[Detections]:
+                           relative: bool = True, nms_kind: str = "sort",
+                           explain: bool = False) -> list[Detections]:
     """Activated output (N, A*(5+C), H, W) of N images of sizes (N, 2) `(w, h)` -> their detections.
 
     darknet's get_network_boxes + do_nms_sort (`nms_kind="obj"`: do_nms_obj), vectorised over the
     batch. letterbox: the inputs were letterboxed (undo it), else plainly resized. relative: NMS on
     boxes relative to the image (test_detector) or in pixels (validate_detector's `relative=0`).
+    explain: also fill each `Detections.suppressed` with the boxes NMS removed, the box that removed
+    each and their IoU (the same NMS run, which records who suppressed whom).
     """
     w, h = sizes[:, 0], sizes[:, 1]
     boxes = region_boxes(output, anchors)  # (N, n, 4) relative to the network input
@@ -372,16 +433,47 @@ def detections_from_output(output: Tensor, anchors: Tensor, sizes: np.ndarray, n
     pixels = to_pixels(boxes, w, h)
     obj, prob = region_scores(output, anchors.shape[0], thresh)
     nms_boxes = boxes if relative else pixels  # test_detector: relative; validate_detector: pixels
+    before = prob
     if nms_kind == "obj":
-        obj, prob, order = do_nms_obj(nms_boxes, obj, prob, nms)
+        obj, prob, order, *by = do_nms_obj(nms_boxes, obj, prob, nms, explain=explain)
     else:
-        prob, order = do_nms_sort(nms_boxes, obj, prob, nms)
-    pixels, obj, prob, order = (t.cpu().numpy() for t in (pixels, obj, prob, order))
+        prob, order, *by = do_nms_sort(nms_boxes, obj, prob, nms, explain=explain)
     out = []
-    for b in range(len(sizes)):
-        idx = order[b][(prob[b][order[b]] != 0).any(-1)]  # darknet's order, boxes with a class left
-        out.append(Detections(pixels[b, idx], obj[b, idx], prob[b, idx], idx, int(w[b]), int(h[b])))
+    for b, (pix, o, p, idx_order) in enumerate(zip(*(t.cpu().numpy() for t in (pixels, obj, prob, order)),
+                                                   strict=True)):
+        idx = idx_order[(p[idx_order] != 0).any(-1)]  # darknet's order, boxes with a class left
+        out.append(Detections(pix[idx], o[idx], p[idx], idx, int(w[b]), int(h[b])))
+        if explain:
+            out[-1].suppressed = _suppressions(nms_boxes[b], pixels[b], before[b], by[0][b], nms_kind)
     return out
+
+
+def _corners(box: np.ndarray) -> tuple[float, float, float, float]:
+    x, y, w, h = box  # float32, the arithmetic of Detections.xyxy
+    return (float(x - w / 2), float(y - h / 2), float(x + w / 2), float(y + h / 2))
+
+
+def _suppressions(nms_boxes: Tensor, pixels: Tensor, prob: Tensor, by: Tensor,
+                  kind: str) -> list[Suppression]:
+    """One image's NMS record -> `Suppression`s. prob (n, C) before NMS; by (n, C) (sort) or (n,)
+    (obj) the suppressing slot or -1. IoUs with `box_iou` on the boxes NMS compared. Sort: class by
+    class, then by slot; obj: by slot."""
+    prob, by = prob.cpu(), by.cpu()
+    if kind == "obj":  # a slot loses every class it had; a slot without one was drawn by nobody
+        pairs = [(int(s), tuple(int(c) for c in torch.nonzero(prob[s] > 0).flatten()), int(by[s]))
+                 for s in torch.nonzero(by >= 0).flatten().tolist()]
+        pairs = [(s, cls, b) for s, cls, b in pairs if cls]
+    else:  # class by class, as darknet processes them
+        pairs = [(int(s), (int(c),), int(by[s, c])) for c, s in torch.nonzero((by >= 0).T).tolist()]
+    if not pairs:
+        return []
+    slots = torch.tensor([s for s, _, _ in pairs])
+    bys = torch.tensor([b for _, _, b in pairs])
+    ious = box_iou(nms_boxes.cpu()[slots], nms_boxes.cpu()[bys]).tolist()
+    pix = pixels.cpu().numpy()
+    return [Suppression(s, cls, tuple(float(prob[s, c]) for c in cls), b, iou, _corners(pix[s]),
+                        _corners(pix[b]))
+            for (s, cls, b), iou in zip(pairs, ious, strict=True)]
 
 
 def results_from_detections(dets: Mapping[str, Detections],
