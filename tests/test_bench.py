@@ -11,7 +11,14 @@ from conftest import FIXTURES
 
 from yolov2 import Darknet
 from yolov2.darknet.infer import bf16_supported
-from yolov2.deploy.bench import ALL_PATHS, count_flops, map_by_precision, random_darknet, time_interleaved
+from yolov2.deploy.bench import (
+    ALL_PATHS,
+    count_flops,
+    layer_flops,
+    map_by_precision,
+    random_darknet,
+    time_interleaved,
+)
 from yolov2.deploy.bench import main as bench_main
 
 
@@ -77,6 +84,23 @@ def test_flops_are_darknets():
         assert count_flops(Darknet(FIXTURES / "net" / f"{cfg}.cfg"), meta["net_h"], meta["net_w"]) == ref
     # darknet's published figure for Tiny YOLO (VOC) at 416: 6.97 Bn FLOPs
     assert round(count_flops(Darknet("yolov2-tiny-voc"), 416, 416) / 1e9, 2) == 6.97
+
+
+def test_layer_flops_are_darknets_per_layer():
+    """Each conv's FLOPs are darknet's 2 * nweights * out_h * out_w of that layer; other layers count 0."""
+    for fixture, cfg in (("tiny_320_body", "tiny"), ("voc_320_passthrough", "voc")):
+        meta = json.loads(str(np.load(FIXTURES / "net" / f"{fixture}.npz")["meta_json"]))
+        net = Darknet(FIXTURES / "net" / f"{cfg}.cfg")
+        flops = layer_flops(net, meta["net_h"], meta["net_w"])
+        assert len(flops) == len(net.layers) and sum(flops) == count_flops(net, meta["net_h"], meta["net_w"])
+        for r in meta["layers"]:
+            conv = r["type"] == "convolutional"
+            assert flops[r["index"]] == (2 * r["nweights"] * r["out_h"] * r["out_w"] if conv else 0), r
+    full = Darknet("yolov2-voc")
+    at_416, at_608 = layer_flops(full, 416, 416), layer_flops(full, 608, 608)
+    assert [i for i, f in enumerate(at_416) if f == 0] == [1, 3, 7, 11, 17, 25, 27, 28, 31]
+    # the head: 2 * 1 * 1 * 1024 * 125 * 13 * 13; the 608 input has a 19x19 grid
+    assert at_416[30] == 2 * 1024 * 125 * 13 * 13 and at_608[30] == 2 * 1024 * 125 * 19 * 19
 
 
 def test_random_darknet_is_reproducible_and_calibrated():

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -19,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
+from yolov2 import Darknet
 from yolov2.book.viz import (
     STATE_COLORS,
     class_color,
@@ -26,7 +28,9 @@ from yolov2.book.viz import (
     draw_anchors,
     draw_boxes,
     draw_grid,
+    draw_network,
     draw_slot_states,
+    layer_label,
     to_corners,
     truth_color,
 )
@@ -176,3 +180,39 @@ def test_book_style_and_figure_problems():
         assert figure_problems(wide) == [want]
     finally:
         matplotlib.rcParams.update(saved)
+
+
+@pytest.mark.parametrize("cfg", ["yolov2-voc", "yolov2-tiny-voc"])
+def test_draw_network_draws_each_layer_with_its_output_shape(cfg):
+    from yolov2.book.viz import LAYER_COLORS, figure_problems
+
+    net = Darknet(cfg)
+    fig = Figure(figsize=(7, 5.4))
+    ax = fig.add_subplot()
+    art = draw_network(ax, net, 608, 608)
+    rows = net.summary(608, 608)
+    assert len(art["boxes"]) == len(art["labels"]) == len(net.layers) == len(rows)
+    per_col = -(-len(rows) // 2)
+    for r, box, text in zip(rows, art["boxes"], art["labels"], strict=True):
+        c, h, w = r["output"]
+        assert text.get_text().startswith(f"{r['index']:>2} ") and text.get_text().endswith(f"→ {h}×{w}×{c}")
+        # column-major: layer i in column i // per_col, row i % per_col, coloured by its type
+        assert (round(box.get_x()), round(box.get_y() + box.get_height() / 2)) == divmod(r["index"], per_col)
+        assert box.get_facecolor()[:3] == pytest.approx(matplotlib.colors.to_rgb(LAYER_COLORS[r["type"]]))
+    # an arrow for every input that is not the previous layer: yolov2-voc's route 16 (25) and route 27 24 (28)
+    skips = [(s, lay.index) for lay in net.layers for s in lay.sources if 0 <= s != lay.index - 1]
+    assert len(art["routes"]) == len(skips) == (2 if cfg == "yolov2-voc" else 0)
+    # a line from each layer to the next where the next reads it, except across the column break:
+    # yolov2-voc's route 16 (layer 25) does not read layer 24
+    chained = [i for i in range(1, len(rows)) if i - 1 in net.layers[i].sources and i != per_col]
+    assert len(art["links"]) == len(chained) == len(rows) - (3 if cfg == "yolov2-voc" else 2)
+    assert figure_problems(fig) == []
+
+
+def test_layer_label_says_kernel_stride_filters_and_shape():
+    rows = {r["index"]: r for r in Darknet("yolov2-voc").summary()}
+    assert layer_label(rows[0]) == " 0 conv 3×3/1 32  → 416×416×32"
+    assert layer_label(rows[17]) == "17 max 2×2/2  → 13×13×512"
+    assert layer_label(rows[27]) == "27 reorg /2  → 13×13×256"
+    assert layer_label(rows[28]) == "28 route 27 24  → 13×13×1280"
+    assert layer_label(rows[31]) == "31 region  → 13×13×125"

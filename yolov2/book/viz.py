@@ -1,5 +1,5 @@
 """Plot helpers shared by the book's chapters: detections, ground-truth boxes, the region layer's
-grid and anchors, target assignments, precision-recall curves.
+grid and anchors, target assignments, precision-recall curves, a network's layers.
 
 Each takes a matplotlib `ax`, draws on it and returns the artists; nothing is set at import time.
 Class colours are darknet's (`src/image.c`: `get_color`, and `draw_detections`' offset
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.patches import Rectangle
+from matplotlib.patches import FancyArrowPatch, Rectangle
 from matplotlib.text import Text
 
 from yolov2.data.plots import COLUMN_WIDTH, DPI, MIN_FONT, STYLE  # noqa: F401 (DPI: for the chapters)
@@ -278,3 +278,68 @@ def draw_slot_states(ax, assignment, image_index: int, anchor: int, annotate_abo
     ax.set_xticks([])
     ax.set_yticks([])
     return artists
+
+
+# --------------------------------------------------------------------------- the network, from its cfg
+
+# box colours per layer type (matplotlib's Pastel1/Pastel2), so a type reads the same in every figure
+LAYER_COLORS = {"convolutional": "#b3cde3", "maxpool": "#fbb4ae", "route": "#ccebc5", "reorg": "#decbe4",
+                "region": "#fed9a6"}
+_SHORT = {"convolutional": "conv", "maxpool": "max"}
+
+
+def layer_label(row: dict) -> str:
+    """One layer of `Darknet.summary()` as a line: index, type, kernel/stride and filters, output H×W×C."""
+    c, h, w = row["output"]
+    kind = _SHORT.get(row["type"], row["type"])
+    if row["type"] == "route":
+        what = f"route {row['detail']}"
+    elif row["size"]:
+        what = f"{kind} {row['size']}×{row['size']}/{row['stride']}"
+        what += f" {row['filters']}" if row["filters"] else ""
+    elif row["stride"]:
+        what = f"{kind} /{row['stride']}"
+    else:
+        what = kind
+    return f"{row['index']:>2} {what}  → {h}×{w}×{c}"
+
+
+def draw_network(ax, net, height: int | None = None, width: int | None = None, columns: int = 2,
+                 fontsize: float = MIN_FONT) -> dict[str, list]:
+    """A box per layer of `net` (a `Darknet`), labelled with its output shape at height x width.
+
+    Layers run top to bottom in `columns` columns (layer i in column i // rows, rows = ceil(n /
+    columns)); consecutive layers of a column are joined by a short line, and every input that is not
+    the previous layer (a route's source) by a curved arrow from the source's box. Shapes come from
+    `net.summary(height, width)` (default: the cfg's input). Returns {"boxes": one Rectangle per layer,
+    "labels": one Text per layer, "links": the lines, "routes": the arrows}; the axes are set to fit.
+    """
+    rows = net.summary(height, width)
+    per_col = -(-len(rows) // columns)
+    pos = {r["index"]: (r["index"] // per_col, r["index"] % per_col) for r in rows}  # (column, row)
+    box_w, box_h = 0.86, 0.72
+    out: dict[str, list] = {"boxes": [], "labels": [], "links": [], "routes": []}
+    for r in rows:
+        col, row = pos[r["index"]]
+        rect = Rectangle((col, row - box_h / 2), box_w, box_h, fc=LAYER_COLORS.get(r["type"], "0.9"),
+                         ec="0.3", lw=0.8)
+        out["boxes"].append(ax.add_patch(rect))
+        out["labels"].append(ax.text(col + 0.03, row, layer_label(r), fontsize=fontsize, va="center",
+                                     ha="left", family="monospace"))
+        for s in net.layers[r["index"]].sources:
+            if s < 0:
+                continue
+            scol, srow = pos[s]
+            if s == r["index"] - 1 and scol == col:
+                out["links"].extend(ax.plot([col + box_w / 2] * 2, [srow + box_h / 2, row - box_h / 2],
+                                            color="0.3", lw=0.8))
+            elif s != r["index"] - 1:
+                bend = 0.15  # of the arrow's length: a bulge right of the boxes, inside the axes
+                arrow = FancyArrowPatch((scol + box_w, srow), (col + box_w, row), arrowstyle="-|>",
+                                        mutation_scale=10, color="C3", lw=1.2,
+                                        connectionstyle=f"arc3,rad={-bend if srow < row else bend}")
+                out["routes"].append(ax.add_patch(arrow))
+    ax.set_xlim(-0.02, columns + 0.02)
+    ax.set_ylim(per_col - 0.5, -0.5)
+    ax.set_axis_off()
+    return out

@@ -84,11 +84,24 @@ def _perturb(layer: Convolutional) -> None:
     layer.conv.weight[torch.rand(n) < 0.05] *= 1e-3
 
 
+def layer_flops(net: Darknet, height: int | None = None, width: int | None = None) -> list[int]:
+    """FLOPs of each layer at height x width, in layer order: darknet's `l.bflops` x 1e9.
+
+    A convolution does 2 x size² x (input channels / groups) x filters x out_h x out_w (a multiply and an
+    add per weight and output value); darknet counts 0 for every other layer (max-pool, route, reorg,
+    region), and so does this.
+    """
+    rows = net.summary(height, width)
+    flops = [0] * len(rows)
+    for m in net.conv_layers():
+        _, out_h, out_w = rows[m.index]["output"]
+        flops[m.index] = 2 * m.size ** 2 * (rows[m.index]["input"][0] // m.groups) * m.filters * out_h * out_w
+    return flops
+
+
 def count_flops(net: Darknet, height: int | None = None, width: int | None = None) -> int:
     """Multiply-adds x 2 of every conv at height x width (darknet's `l.bflops` x 1e9, summed)."""
-    rows = net.summary(height, width)
-    return sum(2 * m.size ** 2 * (rows[m.index]["input"][0] // m.groups) * m.filters
-               * rows[m.index]["output"][1] * rows[m.index]["output"][2] for m in net.conv_layers())
+    return sum(layer_flops(net, height, width))
 
 
 def time_interleaved(runners: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
