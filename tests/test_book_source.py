@@ -161,3 +161,33 @@ def test_chapter_9_runs_on_another_devkit(devkit, weights, tmp_path) -> None:
     assert f"data: your VOC at {devkit} (VOC2007 test, 5 classes)" in printed
     assert "bundled synthetic" not in printed
     assert "mAP" in printed  # the evaluation of the devkit's 12 images ran
+
+
+def test_make_drops_the_execution_cache_when_the_data_switch_changes(tmp_path) -> None:
+    """`make cache-mode`: the chapters' cached outputs go when YOLOV2_VOC/WEIGHTS/CFG/IMAGE_SET change."""
+    build = tmp_path / "build"
+    cache = build / ".jupyter_cache"
+    base = {k: v for k, v in os.environ.items() if k not in ("YOLOV2_VOC", "YOLOV2_WEIGHTS", "YOLOV2_CFG",
+                                                              "YOLOV2_IMAGE_SET", "MAKEFLAGS", "MFLAGS")}
+    base["YOLOV2_FAST"] = "1"
+
+    def cache_kept(**env: str) -> bool:
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["make", "-s", "cache-mode", f"BUILD={build}"], cwd=ROOT, env={**base, **env},
+                       check=True, capture_output=True, text=True)
+        return cache.exists()
+
+    cache_kept()  # the first run records the mode
+    assert cache_kept()
+    assert not cache_kept(YOLOV2_VOC="some/VOCdevkit", YOLOV2_WEIGHTS="w.weights")
+    mode = (build / ".yolov2-mode").read_text()
+    # relative paths made absolute (the chapters run in book/), from the repository root
+    assert f"YOLOV2_VOC={ROOT / 'some/VOCdevkit'} " in mode and f"YOLOV2_WEIGHTS={ROOT / 'w.weights'}" in mode
+    assert cache_kept(YOLOV2_VOC=str(ROOT / "some/VOCdevkit"), YOLOV2_WEIGHTS=str(ROOT / "w.weights"))
+    # a shipped cfg's name stays a name
+    voc = {"YOLOV2_VOC": "some/VOCdevkit", "YOLOV2_WEIGHTS": "w.weights", "YOLOV2_CFG": "yolov2-tiny-voc"}
+    assert not cache_kept(**voc)
+    assert "YOLOV2_CFG=yolov2-tiny-voc " in (build / ".yolov2-mode").read_text()
+    assert not cache_kept(**voc, YOLOV2_IMAGE_SET="2012:val")
+    assert not cache_kept()  # back to the bundled data
+    assert not cache_kept(YOLOV2_FAST="0")  # and the fast switch, as before
