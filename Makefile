@@ -8,6 +8,17 @@ STAMP := .venv/.installed
 # One switch keeps CI and default builds short while running the same code paths as full runs.
 export YOLOV2_FAST ?= 1
 export PYTHONHASHSEED := 0
+# A reader's own VOC for chapters 6b, 8 and 9 (yolov2/book/source.py): YOLOV2_VOC=path/to/VOCdevkit
+# YOLOV2_WEIGHTS=yolov2-tiny-voc.weights make book. The chapters run in book/: relative paths made absolute
+# (YOLOV2_CFG only when it is a path, not a shipped cfg's name such as yolov2-tiny-voc).
+BOOK_SOURCE_VARS := YOLOV2_VOC YOLOV2_WEIGHTS YOLOV2_CFG
+$(foreach v,YOLOV2_VOC YOLOV2_WEIGHTS,$(if $(strip $($(v))),$(eval override $(v) := $(abspath $($(v))))))
+ifneq ($(or $(findstring /,$(YOLOV2_CFG)),$(wildcard $(YOLOV2_CFG))),)
+override YOLOV2_CFG := $(abspath $(YOLOV2_CFG))
+endif
+export $(BOOK_SOURCE_VARS)
+# What the chapters' results depend on besides their code: the execution cache is dropped when it changes.
+BOOK_MODE := fast=$(YOLOV2_FAST) $(foreach v,$(BOOK_SOURCE_VARS) YOLOV2_IMAGE_SET,$(v)=$(strip $($(v))))
 # Every tool (nbval, jupyter-book, voila) and every kernel they start is the venv's; no global kernel.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
@@ -49,12 +60,13 @@ chromium:
 	else echo "make: chromium is not installed and cannot be here (needs root and apt-get);" \
 	  "the browser tests will skip"; fi
 
-# The execution cache does not know YOLOV2_FAST: drop it (and Sphinx's state) when the switch changes.
+# The execution cache does not know YOLOV2_FAST nor the data switch (YOLOV2_VOC, YOLOV2_WEIGHTS,
+# YOLOV2_CFG, YOLOV2_IMAGE_SET): drop it (and Sphinx's state) when any of them changes.
 cache-mode:
 	@mkdir -p $(BUILD)
-	@if [ "$$(cat $(BUILD)/.yolov2-fast 2>/dev/null)" != "$(YOLOV2_FAST)" ]; then \
+	@if [ "$$(cat $(BUILD)/.yolov2-mode 2>/dev/null)" != "$(BOOK_MODE)" ]; then \
 	  rm -rf $(BOOK_CACHE) $(BUILD)/.doctrees $(BUILD)/html $(BUILD)/jupyter_execute; \
-	  echo "$(YOLOV2_FAST)" > $(BUILD)/.yolov2-fast; fi
+	  echo "$(BOOK_MODE)" > $(BUILD)/.yolov2-mode; fi
 
 # make test: lint, unit tests, every chapter once through nbval (which fills the book's execution
 # cache), the book built from that cache (executing nothing), then the browser tests on that HTML.
