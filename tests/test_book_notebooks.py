@@ -109,3 +109,39 @@ def test_strip_tool_names_an_unreadable_notebook(strip_tool, tmp_path: Path) -> 
 
 def copy_node(node: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nbformat.from_dict(dict(node))
+
+
+def _markdown(path: Path) -> list[str]:
+    return [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"]
+
+
+EXERCISE = re.compile(r"```\{exercise\}\s*\n:label:\s*(\S+)")
+SOLUTION = re.compile(r"```\{solution(?:-start)?\}\s+(\S+)")
+
+
+def test_the_book_has_its_chapters_glossary_and_appendix() -> None:
+    files = toc_files()
+    chapters = [f for f in files if CHAPTER_NAME.fullmatch(Path(f).name + ".ipynb")]
+    assert len(chapters) >= 13, f"{len(chapters)} chapters in _toc.yml: {chapters}"
+    for page in ("book/01b_yolov1_to_yolov2", "book/04b_darknet19", "book/glossary",
+                 "book/appendix_golden"):
+        assert page in files, f"_toc.yml does not list {page}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_opens_with_goals_and_ends_with_a_summary_and_exercises(path: Path) -> None:
+    cells = _markdown(path)
+    opening = "\n".join(cells[:2]).lower()
+    assert "you will learn" in opening, f"{path.name}: the opening does not say what the reader will learn"
+    assert "assumes" in opening, f"{path.name}: the opening does not say what it assumes"
+    text = "\n".join(cells)
+    assert re.search(r"(?m)^## Summary\s*$", text), f"{path.name}: no '## Summary' section"
+    exercises = EXERCISE.findall(text)
+    solved = set(SOLUTION.findall(text))
+    assert len(exercises) >= 3, f"{path.name}: {len(exercises)} exercises, the book asks for >= 3"
+    assert len(set(exercises)) == len(exercises), f"{path.name}: an exercise label is used twice"
+    missing = [label for label in exercises if label not in solved]
+    assert missing == [], f"{path.name}: exercises without a solution: {missing}"
+    summary = text.index("## Summary")
+    first = min(text.index(f":label: {label}") for label in exercises)
+    assert summary < first, f"{path.name}: the Summary comes after the exercises"
