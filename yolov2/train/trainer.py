@@ -55,7 +55,16 @@ from yolov2.train.checkpoint import (
     set_rng_state,
     write_run_record,
 )
-from yolov2.train.runtime import Runtime, all_sum, autocast, check_amp, now, seed_everything
+from yolov2.train.runtime import (
+    Runtime,
+    all_sum,
+    autocast,
+    check_amp,
+    check_resume_precision,
+    now,
+    precision,
+    seed_everything,
+)
 from yolov2.train.schedule import Schedule, darknet_sgd, set_rate, update_due
 from yolov2.train.settings import (
     RECIPES,
@@ -140,6 +149,7 @@ class Trainer:
         ckpt = None
         if resume:  # the run's settings win, but for the paths (which may move) and a new --max-batches
             ckpt = load_checkpoint(out / CHECKPOINT, self.fingerprint, self.net.state_dict())
+            check_resume_precision(out / CHECKPOINT, ckpt.get("precision"), rt, rt.new_precision)
             s = resume_settings(Settings(**ckpt["settings"]), s, out / CHECKPOINT)
         self.seen = self._load_start(s) if ckpt is None else ckpt["seen"]
         if batches is not None and s.recipe == "adam" and not s.max_batches:
@@ -436,7 +446,7 @@ class Trainer:
         ckpt = make_checkpoint(fingerprint=self.fingerprint, model=self.net.state_dict(),
                                optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(),
                                seen=self.seen, step=self.step, progress=progress,
-                               settings=dataclasses.asdict(self.s))
+                               settings=dataclasses.asdict(self.s), precision=precision(self.rt))
         atomic_save(ckpt, self.out / CHECKPOINT)
         self.save_weights(self.out / f"{Path(self.s.cfg).stem}_last.weights")
 
