@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from yolov2.data.augment import Augmenter
-from yolov2.data.dataset import chw, collate
+from yolov2.data.dataset import chw, collate, take_batch
 from yolov2.data.image import read_image
 
 SIZES = [(500, 375), (375, 500), (500, 333), (500, 400), (480, 360), (333, 500)]
@@ -107,8 +107,9 @@ def _worker_init(_: int) -> None:
 
 
 def _timed_collate(batch: list):
-    """The package's collate, plus (pid, CPU seconds this process has used so far)."""
-    return *collate(batch), (os.getpid(), time.process_time())
+    """The CPU trainer's collate (into the worker's reusable buffers), plus (pid, CPU seconds this
+    process has used so far)."""
+    return *collate(batch, pool=True), (os.getpid(), time.process_time())
 
 
 class LoaderRate(NamedTuple):
@@ -119,11 +120,12 @@ class LoaderRate(NamedTuple):
 
 def loader_rate(paths: list[Path], aug: Augmenter, size: int, workers: int, batches: int = 24,
                 batch: int = 16) -> LoaderRate:
-    """The trainer's batch path: DetectionDataset-style items and the package's collate, in `workers`
-    DataLoader processes (0: inline, in this process), as one stream of `batches` full batches (the
-    images cycled), timed from the iterator's creation (the workers' start included, against them) to
-    the last batch, as a trainer's epoch is (a short epoch would mostly time its start and its end,
-    where the workers wait for each other)."""
+    """The CPU trainer's batch path: DetectionDataset-style items, the package's collate and the
+    trainer's take_batch (the copy into the float32 trainer's NCHW input, which releases the buffer),
+    in `workers` DataLoader processes (0: inline, in this process), as one stream of `batches` full
+    batches (the images cycled), timed from the iterator's creation (the workers' start included,
+    against them) to the last batch, as a trainer's epoch is (a short epoch would mostly time its
+    start and its end, where the workers wait for each other)."""
     if batches <= workers:
         raise ValueError(f"{batches} batches for {workers} workers: give each worker more than one")
     n = batches * batch
@@ -132,7 +134,8 @@ def loader_rate(paths: list[Path], aug: Augmenter, size: int, workers: int, batc
                                      worker_init_fn=_worker_init if workers else None,
                                      prefetch_factor=4 if workers else None)
     t, c, first, last = time.perf_counter(), time.process_time(), {}, {}
-    for _x, _, _, (pid, cpu) in dl:
+    for x, _, _, (pid, cpu) in dl:
+        take_batch(x, torch.device("cpu"), torch.contiguous_format)  # the CPU float32 trainer's copy
         first.setdefault(pid, cpu)
         last[pid] = cpu
     wall, main = time.perf_counter() - t, time.process_time() - c
@@ -184,8 +187,8 @@ def main() -> None:
               f"{r_dl.images_per_s / (k * inline.images_per_s):.2f} of K*inline (goal >= 0.8; the "
               f"machine's other load counts against the workers)")
         print(f"CPU ms per image: inline {inline.worker_ms:.2f}; in a worker {r_dl.worker_ms:.2f} "
-              f"(x{r_dl.worker_ms / inline.worker_ms:.2f}: the batch is collated into fresh shared "
-              f"memory), and {r_dl.main_ms:.2f} in the main process (receiving); CPU efficiency "
+              f"(x{r_dl.worker_ms / inline.worker_ms:.2f}), and {r_dl.main_ms:.2f} in the main process "
+              f"(receiving, copying out); CPU efficiency "
               f"{inline.worker_ms / (r_dl.worker_ms + r_dl.main_ms):.2f}")
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ from yolov2.darknet.layers import check_input
 from yolov2.darknet.model import Darknet
 from yolov2.data.augment import Augmenter
 from yolov2.data.darknet_data import is_data_file, load_split
-from yolov2.data.dataset import DetectionDataset, MultiScaleBatchSampler, collate, worker_init
+from yolov2.data.dataset import DetectionDataset, MultiScaleBatchSampler, collate, take_batch, worker_init
 from yolov2.data.voc import load_voc
 from yolov2.loss.region_loss import RegionLoss, RegionStats
 from yolov2.train.checkpoint import (
@@ -276,7 +277,10 @@ class Trainer:
             import cv2
 
             cv2.setNumThreads(1)  # before the fork: inside a forked worker it can deadlock
-        return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=w,
+        # on the CPU the workers reuse their shared batch buffers (next_batch copies out and releases);
+        # on CUDA the pinned copy is the batch and the buffers are fresh each time
+        return DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=w,
+                          collate_fn=partial(collate, pool=not cuda),
                           worker_init_fn=worker_init if w else None, pin_memory=cuda,
                           persistent_workers=w > 0, prefetch_factor=4 if w else None)
 
@@ -326,8 +330,7 @@ class Trainer:
                 self._it, self.epoch, self.batch_in_epoch = None, self.epoch + 1, 0
                 continue
             self.batch_in_epoch += 1
-            fmt = self.rt.memory_format
-            return (images.to(self.rt.device, non_blocking=True, memory_format=fmt),
+            return (take_batch(images, self.rt.device, self.rt.memory_format, non_blocking=True),
                     truths.to(self.rt.device, non_blocking=True))
 
     def _given_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
