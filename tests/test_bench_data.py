@@ -26,9 +26,9 @@ def test_loader_rate_streams_full_batches_and_splits_the_cpu(bench, tmp_path, wo
     seen = []
     real = bench.collate
 
-    def counting(batch):
+    def counting(batch, **kw):
         seen.append([item[2] for item in batch])
-        return real(batch)
+        return real(batch, **kw)
 
     bench.collate = counting  # seen fills inline only (a worker appends to its own copy)
     try:
