@@ -1,6 +1,6 @@
 """Decode + darknet augmentation throughput at 416, against a plain pipeline, per worker and in a DataLoader.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py [--images 200] [--repeat 3]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py [--images 200] [--repeat 3] [--batches 24]
 
 Writes a few VOC-sized JPEGs (~500x375, smooth shading + shapes + sensor-like noise) to a temp dir.
 "Plain" is the naive pipeline the issue measured: cv2 decode, nearest resize to 416, then one HSV
@@ -11,16 +11,18 @@ load_data_detection (and load_data_region) on the same files.  Both run in this 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import torch
 
 from yolov2.data.augment import Augmenter
-from yolov2.data.dataset import chw, collate
+from yolov2.data.dataset import chw, collate, take_batch
 from yolov2.data.image import read_image
 
 SIZES = [(500, 375), (375, 500), (500, 333), (500, 400), (480, 360), (333, 500)]
@@ -83,36 +85,66 @@ def rates(fns: dict, paths: list[Path], repeat: int) -> dict[str, tuple[float, f
 
 
 class _Files(torch.utils.data.Dataset):
-    def __init__(self, paths: list[Path], aug: Augmenter, size: int) -> None:
+    """DetectionDataset-style items of `paths`, cycled: item i is image i % len(paths) with its own seed."""
+
+    def __init__(self, paths: list[Path], aug: Augmenter, size: int, length: int | None = None) -> None:
         self.paths, self.aug, self.size = paths, aug, size
+        self.length = length or len(paths)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return self.length
 
     def __getitem__(self, i: int):
         rng = np.random.default_rng(i)
-        canvas, truth = self.aug(read_image(self.paths[i]), labels_for(rng), self.size, self.size, rng)
+        canvas, truth = self.aug(read_image(self.paths[i % len(self.paths)]), labels_for(rng), self.size,
+                                 self.size, rng)
         return chw(canvas), torch.from_numpy(truth), i  # what DetectionDataset returns
 
 
 def _worker_init(_: int) -> None:
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # OpenCV's threads are set in the parent before the fork (a forked
+    # worker calling cv2.setNumThreads can deadlock on a lock it inherited), as the trainer does
 
 
-def loader_rate(paths: list[Path], aug: Augmenter, size: int, workers: int, epochs: int = 2) -> float:
-    """Images/s (wall) of the trainer's batch path: DetectionDataset-style items and the package's
-    collate, in `workers` DataLoader processes (0: inline, in this process)."""
-    dl = torch.utils.data.DataLoader(_Files(paths, aug, size), batch_size=16, num_workers=workers,
-                                     collate_fn=collate, worker_init_fn=_worker_init if workers else None,
-                                     persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
-    for _ in dl:   # start the workers and warm up
-        break
-    t, n = time.perf_counter(), 0
-    for _ in range(epochs):
-        for x, _, _ in dl:
-            n += len(x)   # (N, 3, h, w), channels_last
-    return n / (time.perf_counter() - t)
+def _timed_collate(batch: list):
+    """The CPU trainer's collate (into the worker's reusable buffers), plus (pid, CPU seconds this
+    process has used so far)."""
+    return *collate(batch, pool=True), (os.getpid(), time.process_time())
+
+
+class LoaderRate(NamedTuple):
+    images_per_s: float   # wall
+    worker_ms: float      # CPU ms per image in the processes that load and collate (inline: this one)
+    main_ms: float        # CPU ms per image in this process besides (0 inline: it is all in worker_ms)
+
+
+def loader_rate(paths: list[Path], aug: Augmenter, size: int, workers: int, batches: int = 24,
+                batch: int = 16) -> LoaderRate:
+    """The CPU trainer's batch path: DetectionDataset-style items, the package's collate and the
+    trainer's take_batch (the copy into the float32 trainer's NCHW input, which releases the buffer),
+    in `workers` DataLoader processes (0: inline, in this process), as one stream of `batches` full
+    batches (the images cycled), timed from the iterator's creation (the workers' start included,
+    against them) to the last batch, as a trainer's epoch is (a short epoch would mostly time its
+    start and its end, where the workers wait for each other)."""
+    if batches <= workers:
+        raise ValueError(f"{batches} batches for {workers} workers: give each worker more than one")
+    n = batches * batch
+    dl = torch.utils.data.DataLoader(_Files(paths, aug, size, n), batch_size=batch, num_workers=workers,
+                                     collate_fn=_timed_collate, drop_last=True,
+                                     worker_init_fn=_worker_init if workers else None,
+                                     prefetch_factor=4 if workers else None)
+    t, c, first, last = time.perf_counter(), time.process_time(), {}, {}
+    for x, _, _, (pid, cpu) in dl:
+        take_batch(x, torch.device("cpu"), torch.contiguous_format)  # the CPU float32 trainer's copy
+        first.setdefault(pid, cpu)
+        last[pid] = cpu
+    wall, main = time.perf_counter() - t, time.process_time() - c
+    if not workers:
+        return LoaderRate(n / wall, 1000 * main / n, 0.0)
+    # each worker's CPU between its first and its last batch, over the batches it made in that time
+    per_batch = [(last[p] - first[p]) for p in first]
+    made = n // batch - len(first)  # the batches after each worker's first
+    return LoaderRate(n / wall, 1000 * sum(per_batch) / (made * batch), 1000 * main / n)
 
 
 def main() -> None:
@@ -121,6 +153,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--size", type=int, default=416)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batches", type=int, default=24, help="batches of 16 in the timed loader stream")
     args = ap.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -145,13 +178,18 @@ def main() -> None:
             cpu, wall = r[key]
             ratio = f"   x{cpu / r['plain'][0]:.2f} plain" if key in ("detection", "region") else ""
             print(f"  {label:44s} {cpu:7.1f} | {wall:7.1f}{ratio}")
-        inline = loader_rate(paths, det, S, 0)
-        r_dl = loader_rate(paths, det, S, args.workers)
+        inline = loader_rate(paths, det, S, 0, args.batches)
+        r_dl = loader_rate(paths, det, S, args.workers, args.batches)
         k = args.workers
-        print(f"batches of 16, detection, wall: one core inline {inline:.1f} images/s; DataLoader, "
-              f"{k} workers {r_dl:.1f} images/s = {r_dl / inline:.2f}x inline, {r_dl / (k * inline):.2f} "
-              f"of K*inline (goal >= 0.8; the machine's other load counts against the workers)")
-
+        print(f"{args.batches} batches of 16, detection, wall: one core inline {inline.images_per_s:.1f} "
+              f"images/s; DataLoader, {k} workers {r_dl.images_per_s:.1f} images/s = "
+              f"{r_dl.images_per_s / inline.images_per_s:.2f}x inline, "
+              f"{r_dl.images_per_s / (k * inline.images_per_s):.2f} of K*inline (goal >= 0.8; the "
+              f"machine's other load counts against the workers)")
+        print(f"CPU ms per image: inline {inline.worker_ms:.2f}; in a worker {r_dl.worker_ms:.2f} "
+              f"(x{r_dl.worker_ms / inline.worker_ms:.2f}), and {r_dl.main_ms:.2f} in the main process "
+              f"(receiving, copying out); CPU efficiency "
+              f"{inline.worker_ms / (r_dl.worker_ms + r_dl.main_ms):.2f}")
 
 if __name__ == "__main__":
     main()

@@ -185,6 +185,66 @@ def test_resume_from_an_amp_checkpoint_is_exact_and_its_files_are_float32(cpu_bf
     assert all(torch.equal(loaded[k], b[k]) for k in b if k.split(".")[-1] != "num_batches_tracked")
 
 
+def test_resume_in_another_precision_is_refused_naming_the_checkpoint(cpu_bf16, voc, tmp_path):
+    """A checkpoint records its forwards' precision; --resume in another is one line naming the file,
+    unless --new-precision (Runtime.new_precision) asks for it, and then the run goes on in the new one."""
+    run = tmp_path / "amp"
+    part = _trainer(voc, run)
+    part.iteration()
+    part.save()
+    assert torch.load(run / CHECKPOINT, weights_only=True)["precision"] == "bfloat16"
+    s = part.s
+    with pytest.raises(TrainError) as e:
+        Trainer(s, Runtime(torch.device("cpu"), progress=False), run, resume=True)  # float32
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{run / CHECKPOINT}: the run trained in bfloat16, this "
+                                               "resume would train in float32")
+    assert "--new-precision" in msg
+    on = Trainer(s, Runtime(torch.device("cpu"), progress=False, new_precision=True), run, resume=True)
+    on.iteration()
+    on.save()  # from here on the run is a float32 one: resuming it under --amp is refused
+    assert torch.load(run / CHECKPOINT, weights_only=True)["precision"] == "float32"
+    with pytest.raises(TrainError, match="trained in float32, this resume would train in bfloat16; resume "
+                       "with --no-amp"):
+        _trainer(voc, run, resume=True)
+
+
+def test_checkpoint_precision_is_checked_and_an_older_checkpoint_has_none(cpu_bf16, voc, tmp_path):
+    from yolov2.train.checkpoint import CheckpointError, load_checkpoint, make_checkpoint
+
+    run = tmp_path / "amp"
+    part = _trainer(voc, run)
+    part.iteration()
+    part.save()
+    ckpt = torch.load(run / CHECKPOINT, weights_only=True)
+    ckpt["precision"] = "int8"
+    torch.save(ckpt, run / CHECKPOINT)
+    with pytest.raises(CheckpointError, match="checkpoint.pt: precision 'int8' is not one of float32, "
+                       "bfloat16, float16"):
+        load_checkpoint(run / CHECKPOINT, part.fingerprint, part.net.state_dict())
+    del ckpt["precision"]  # written before the precision was recorded: resumes in any, unchecked
+    torch.save(ckpt, run / CHECKPOINT)
+    Trainer(part.s, Runtime(torch.device("cpu"), progress=False), run, resume=True).iteration()
+    with pytest.raises(ValueError, match="precision 'fp8'"):
+        make_checkpoint(fingerprint="", model={}, optimizer={}, seen=0, step=0, progress={}, settings={},
+                        precision="fp8")
+
+
+def test_train_cli_resume_with_another_precision(cpu_bf16, voc, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = [str(stock_cfg("yolov2-tiny-synth")), str(voc), "--out", str(out), "--device", "cpu",
+            "--no-progress", "--batch", "2", "--subdivisions", "1", "--sizes", "64", "--workers", "0",
+            "--final-batches", "0"]
+    assert train_main([*base, "--max-batches", "1", "--amp"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert train_main([*base, "--max-batches", "2", "--resume"]) == 1  # the CPU's default: float32
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"train: {out / CHECKPOINT}: the run trained in "
+                                                         "bfloat16")
+    assert train_main([*base, "--max-batches", "2", "--resume", "--amp"]) == 0, capsys.readouterr().err
+    assert train_main([*base, "--max-batches", "3", "--resume", "--new-precision"]) == 0
+
+
 def test_train_amp_on_a_cpu_without_bf16_is_one_clear_line(monkeypatch, voc, tmp_path, capsys):
     monkeypatch.setattr(runtime, "bf16_supported", lambda device="cpu": False)
     code = train_main([str(stock_cfg("yolov2-tiny-synth")), str(voc), "--out", str(tmp_path / "run"),

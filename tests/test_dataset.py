@@ -152,6 +152,41 @@ def test_loader_is_the_same_with_any_number_of_workers(records):
             torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
+def test_pooled_batches_are_the_inline_ones_and_reused_only_once_released(records):
+    """collate(pool=True) in a worker writes into buffers the worker reuses: take_batch copies a batch
+    out and releases its buffer; a batch nobody released is never written over."""
+    from functools import partial
+
+    from torch.utils.data import DataLoader
+
+    from yolov2.data.dataset import POOL_SLOTS, take_batch
+
+    ds = DetectionDataset(records, synth.SYNTH_CLASSES, augmenter(), seed=1)
+    sampler = MultiScaleBatchSampler(len(ds), 2, seed=1, every=2)
+    inline = [b[0] for b in make_loader(ds, sampler, 0)] * 3  # three epochs of 4 batches
+
+    def loader(epochs: int):
+        dl = DataLoader(ds, batch_sampler=sampler, collate_fn=partial(collate, pool=True), num_workers=1,
+                        persistent_workers=True, prefetch_factor=2)
+        for _ in range(epochs):
+            yield from dl
+
+    kept = [b[0] for b in loader(3)]  # held, never released: 12 batches > POOL_SLOTS buffers
+    assert len(kept) == 12 > POOL_SLOTS
+    assert all(torch.equal(x, y) for x, y in zip(kept, inline, strict=True))
+    storages = []
+    taken = []
+    for b in loader(3):
+        storages.append(b[0].untyped_storage().data_ptr())
+        x = take_batch(b[0], torch.device("cpu"), torch.channels_last)
+        assert x.untyped_storage().data_ptr() != storages[-1]  # a copy: the buffer can go back
+        taken.append(x)
+    assert all(torch.equal(x, y) for x, y in zip(taken, inline, strict=True))
+    assert len(set(storages)) < len(storages)  # buffers came back (mapped again: their address may move)
+    plain = inline[0]
+    assert take_batch(plain, torch.device("cpu"), torch.channels_last) is plain  # not pooled: moved only
+
+
 # ------------------------------------------------------------------------------ multi-scale sampler
 
 

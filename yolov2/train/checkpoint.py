@@ -42,6 +42,9 @@ FORMAT = "yolov2-train-checkpoint"
 VERSION = 1
 REQUIRED = ("format", "version", "fingerprint", "model", "optimizer", "seen", "step", "rng", "progress",
             "settings")
+# the arithmetic of the forwards a checkpoint's run made: float32, or the autocast dtype under --amp
+# (`precision`; a checkpoint from before it was recorded has none, and its resume is not checked)
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 class CheckpointError(RuntimeError):
@@ -109,15 +112,20 @@ def atomic_save(obj: dict, path: str | Path) -> Path:
 
 
 def make_checkpoint(*, fingerprint: str, model: dict, optimizer: dict, seen: int, step: int,
-                    progress: dict, settings: dict, scaler: dict | None = None) -> dict:
+                    progress: dict, settings: dict, scaler: dict | None = None,
+                    precision: str = "float32") -> dict:
     """The checkpoint dict (every value a tensor or primitive container).
 
     progress: where the run stands besides `seen` and `step` (data order: sampler epoch and batch
-    index; running averages); settings: the resolved run settings (:func:`yolov2.train.command.train`).
+    index; running averages); settings: the resolved run settings (:func:`yolov2.train.command.train`);
+    precision: one of :data:`PRECISIONS`, what the forwards computed in (:func:`runtime.precision`).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
     return {"format": FORMAT, "version": VERSION, "fingerprint": fingerprint, "model": model,
             "optimizer": optimizer, "scaler": scaler or {}, "seen": int(seen), "step": int(step),
-            "rng": rng_state(), "progress": dict(progress), "settings": dict(settings)}
+            "rng": rng_state(), "progress": dict(progress), "settings": dict(settings),
+            "precision": precision}
 
 
 def load_checkpoint(path: str | Path, fingerprint: str, model_state: dict) -> dict:
@@ -157,6 +165,9 @@ def load_checkpoint(path: str | Path, fingerprint: str, model_state: dict) -> di
     scaler = ckpt["scaler"]  # empty unless float16 autocast on CUDA
     if scaler and (set(scaler) != SCALER or not all(_number(v, float) and v >= 0 for v in scaler.values())):
         raise CheckpointError(f"{path}: corrupt gradient-scaler state {sorted(scaler)}")
+    if "precision" in ckpt and ckpt["precision"] not in PRECISIONS:
+        raise CheckpointError(f"{path}: precision {ckpt['precision']!r} is not one of "
+                              f"{', '.join(PRECISIONS)}")
     problem = settings_problem(ckpt["settings"])
     if problem:
         raise CheckpointError(f"{path}: bad settings: {problem}")

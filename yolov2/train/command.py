@@ -72,7 +72,7 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
           clear: bool | None = None, checkpoint_every: int | None = None, final_batches: int | None = None,
           unsigned_steps: bool | None = None,
           device: str | None = None, workers: int | None = None, resume: bool = False,
-          force: bool = False, progress: bool = True, amp: bool | None = None,
+          force: bool = False, progress: bool = True, amp: bool | None = None, new_precision: bool = False,
           eval_set: str | None = None, banner: bool = False) -> TrainResult:
     """Train `cfg` on the VOC-layout dataset at `data`, writing the run to `out_dir`.
 
@@ -86,6 +86,8 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
     :class:`yolov2.train.schedule.Schedule`), for a run that must match that darknet's rates.
     eval_set (`2007:test`): afterwards, rank 0 measures the VOC07 mAP there (:func:`voc_map`, at the
     cfg's width) and writes `eval.json`. banner: print :func:`start_banner` first (the command does).
+    new_precision: with `resume`, continue in this run's precision (`amp`) although the checkpoint
+    was written in another (refused otherwise, :func:`yolov2.train.runtime.check_resume_precision`).
     """
     given = dict(recipe=recipe, loader=loader, sets=[list(p) for p in sets] if sets else None, names=names,
                  max_batches=max_batches, batch=batch, subdivisions=subdivisions,
@@ -95,7 +97,7 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
                  unsigned_steps=unsigned_steps)
     unset = {f.name: None for f in dataclasses.fields(Settings)[2:]} if resume else {}
     s = Settings(str(cfg_path(cfg)), str(data), **(unset | {k: v for k, v in given.items() if v is not None}))
-    rt = init_runtime(device, workers, progress, amp)
+    rt = init_runtime(device, workers, progress, amp, new_precision)
     out = Path(out_dir)
     try:
         if rt.main:  # the files the run reads must survive --force, and it must not write over them
@@ -265,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision: bf16/fp16 autocast on CUDA (the default there), bf16 autocast and "
                    "channels_last on a CPU with AVX512-BF16 or AMX (off by default: float32, darknet's "
                    "arithmetic); --no-amp: float32 everywhere")
+    p.add_argument("--new-precision", action="store_true", help="with --resume: continue the run in this "
+                   "precision (--amp/--no-amp, the device's) although its checkpoint was written in another "
+                   "(refused without it: the continuation is then not the run's own arithmetic)")
     p.add_argument("--eval", dest="eval_set", metavar="YEAR:SET",
                    help="afterwards, the VOC07 mAP on this image set (e.g. 2007:test; for a .data file "
                    "its valid= list, whatever the value)")

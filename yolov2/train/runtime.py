@@ -13,6 +13,7 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ class Runtime:
     workers: int = 0
     progress: bool = True
     amp: bool | None = None  # None: the device's default, on for CUDA, off (float32) on the CPU
+    new_precision: bool = False  # --resume may continue a run in another precision than its checkpoint's
 
     @property
     def main(self) -> bool:
@@ -68,10 +70,12 @@ def check_amp(rt: Runtime) -> None:
         raise TrainError(f"--amp: mixed precision runs on cpu or cuda, not {rt.device.type}; use --no-amp")
 
 
-def init_runtime(device: str | None, workers: int | None, progress: bool, amp: bool | None) -> Runtime:
+def init_runtime(device: str | None, workers: int | None, progress: bool, amp: bool | None,
+                 new_precision: bool = False) -> Runtime:
     """Join the process group torchrun set up (WORLD_SIZE > 1), pick the device: cuda:LOCAL_RANK, or cpu.
 
-    amp: mixed precision (None: on for CUDA, off on the CPU); a TrainError where it cannot run."""
+    amp: mixed precision (None: on for CUDA, off on the CPU); a TrainError where it cannot run.
+    new_precision: a resume may change the run's precision (:func:`check_resume_precision`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     want = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -88,7 +92,7 @@ def init_runtime(device: str | None, workers: int | None, progress: bool, amp: b
     if workers is None:
         cpus = os.cpu_count() or 1
         workers = min(8, max(1, cpus // world - 1)) if dev.type == "cuda" else min(2, max(0, cpus - 1))
-    rt = Runtime(dev, rank, world, workers, progress and rank == 0, amp)
+    rt = Runtime(dev, rank, world, workers, progress and rank == 0, amp, new_precision)
     check_amp(rt)
     return rt
 
@@ -105,6 +109,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def precision(rt: Runtime) -> str:
+    """What this runtime's forwards compute in: "float32", or the autocast dtype ("bfloat16", "float16")."""
+    return "float32" if rt.amp_dtype is None else str(rt.amp_dtype).removeprefix("torch.")
+
+
+def check_resume_precision(where: str | Path, saved: str | None, rt: Runtime, change: bool = False) -> None:
+    """A TrainError naming the checkpoint `where` when its run's precision `saved` is not this runtime's:
+    a resumed run continues exactly only in the arithmetic it started with. `change` (--new-precision)
+    lets it go on in this runtime's precision on purpose; None (an older checkpoint): not recorded."""
+    now = precision(rt)
+    if saved is None or saved == now or change:
+        return
+    match = "--no-amp" if saved == "float32" else f"--amp on a device whose autocast is {saved}"
+    raise TrainError(f"{where}: the run trained in {saved}, this resume would train in {now}; resume with "
+                     f"{match} to continue it exactly, or pass --new-precision to continue in {now}")
 
 
 def autocast(rt: Runtime):

@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ from yolov2.darknet.layers import check_input
 from yolov2.darknet.model import Darknet
 from yolov2.data.augment import Augmenter
 from yolov2.data.darknet_data import is_data_file, load_split
-from yolov2.data.dataset import DetectionDataset, MultiScaleBatchSampler, collate, worker_init
+from yolov2.data.dataset import DetectionDataset, MultiScaleBatchSampler, collate, take_batch, worker_init
 from yolov2.data.voc import load_voc
 from yolov2.loss.region_loss import RegionLoss, RegionStats
 from yolov2.train.checkpoint import (
@@ -55,7 +56,16 @@ from yolov2.train.checkpoint import (
     set_rng_state,
     write_run_record,
 )
-from yolov2.train.runtime import Runtime, all_sum, autocast, check_amp, now, seed_everything
+from yolov2.train.runtime import (
+    Runtime,
+    all_sum,
+    autocast,
+    check_amp,
+    check_resume_precision,
+    now,
+    precision,
+    seed_everything,
+)
 from yolov2.train.schedule import Schedule, darknet_sgd, set_rate, update_due
 from yolov2.train.settings import (
     RECIPES,
@@ -140,6 +150,7 @@ class Trainer:
         ckpt = None
         if resume:  # the run's settings win, but for the paths (which may move) and a new --max-batches
             ckpt = load_checkpoint(out / CHECKPOINT, self.fingerprint, self.net.state_dict())
+            check_resume_precision(out / CHECKPOINT, ckpt.get("precision"), rt, rt.new_precision)
             s = resume_settings(Settings(**ckpt["settings"]), s, out / CHECKPOINT)
         self.seen = self._load_start(s) if ckpt is None else ckpt["seen"]
         if batches is not None and s.recipe == "adam" and not s.max_batches:
@@ -266,7 +277,10 @@ class Trainer:
             import cv2
 
             cv2.setNumThreads(1)  # before the fork: inside a forked worker it can deadlock
-        return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=w,
+        # on the CPU the workers reuse their shared batch buffers (next_batch copies out and releases);
+        # on CUDA the pinned copy is the batch and the buffers are fresh each time
+        return DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=w,
+                          collate_fn=partial(collate, pool=not cuda),
                           worker_init_fn=worker_init if w else None, pin_memory=cuda,
                           persistent_workers=w > 0, prefetch_factor=4 if w else None)
 
@@ -316,8 +330,7 @@ class Trainer:
                 self._it, self.epoch, self.batch_in_epoch = None, self.epoch + 1, 0
                 continue
             self.batch_in_epoch += 1
-            fmt = self.rt.memory_format
-            return (images.to(self.rt.device, non_blocking=True, memory_format=fmt),
+            return (take_batch(images, self.rt.device, self.rt.memory_format, non_blocking=True),
                     truths.to(self.rt.device, non_blocking=True))
 
     def _given_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -436,7 +449,7 @@ class Trainer:
         ckpt = make_checkpoint(fingerprint=self.fingerprint, model=self.net.state_dict(),
                                optimizer=self.opt.state_dict(), scaler=self.scaler.state_dict(),
                                seen=self.seen, step=self.step, progress=progress,
-                               settings=dataclasses.asdict(self.s))
+                               settings=dataclasses.asdict(self.s), precision=precision(self.rt))
         atomic_save(ckpt, self.out / CHECKPOINT)
         self.save_weights(self.out / f"{Path(self.s.cfg).stem}_last.weights")
 
