@@ -35,6 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from yolov2.book.viz import COLUMN_WIDTH, DPI, MIN_FONT
 from yolov2.book.widgets import AssignmentInspector, _png
@@ -90,6 +91,9 @@ def draw_curves(fig, rows: Sequence[dict], title: str = "") -> None:
     loss_ax.plot(b, col["avg_loss"], lw=1.4, label="darknet's avg")
     if len(b) and (col["loss"] > 0).all():
         loss_ax.set_yscale("log")
+        loss_ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        loss_ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        loss_ax.yaxis.set_minor_formatter(NullFormatter())
     loss_ax.set(xlabel="batch", ylabel="loss")
     diagnostics = (("avg_iou", "Avg IOU"), ("avg_recall", "Avg Recall"), ("obj", "Obj"), ("no_obj", "No Obj"))
     for key, label in diagnostics:
@@ -123,7 +127,7 @@ def draw_curves(fig, rows: Sequence[dict], title: str = "") -> None:
                    frameon=False)
     if title:
         fig.suptitle(title, fontsize=MIN_FONT + 1)
-    fig.subplots_adjust(left=0.1, right=0.89, top=0.93 if title else 0.97, bottom=0.1, wspace=0.33,
+    fig.subplots_adjust(left=0.11, right=0.89, top=0.93 if title else 0.97, bottom=0.1, wspace=0.33,
                         hspace=0.38)
 
 
@@ -210,6 +214,9 @@ class TrainingView:
         if last is not None:
             text += (f"; loss {last['loss']:.3g} (avg {last['avg_loss']:.3g}), {last['images_per_s']:.1f} "
                      f"images/s, lr {last['lr']:.3g}")
+        if self.result is not None and self.result.stopped:
+            text += (f"<br>checkpoint written: {html.escape(str(self.result.checkpoint))} (continue with "
+                     f"--resume)")
         if self.error is not None:
             text += f"<br>{html.escape(str(self.error))}"
         self.status.value = text
