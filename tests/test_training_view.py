@@ -43,7 +43,7 @@ def trainer(voc: Path, out: Path, max_batches: int, resume: bool = False, progre
 
 
 def test_view_state_follows_the_log(voc, tmp_path):
-    view = TrainingView(trainer(voc, tmp_path / "run", 6), live=True, min_interval=0.0, draw_share=1.0,
+    view = TrainingView(trainer(voc, tmp_path / "run", 6), live=True, min_interval=0.0, draw_share=1e9,
                         inspect_every=2, inspect_images=2)
     assert not frontend() and view.widget is not None  # forced on: widgets without a display
     result = view.run()
@@ -100,7 +100,9 @@ def test_stop_ends_the_run_and_the_checkpoint_resumes(voc, tmp_path):
 
 
 def test_draws_are_throttled(voc, tmp_path):
-    """A redraw waits draw_time / draw_share after the last one: drawing costs at most that share."""
+    """The view draws only while its time stays within draw_share of the run's: drawing costs at most
+    that share and the final draw (each draw's affordability is judged on the previous draw's cost,
+    so one draw dearer than the last may overshoot by its difference)."""
     view = TrainingView(trainer(voc, tmp_path / "run", 8), live=True, min_interval=0.0, draw_share=0.05)
     costs = []
     draw = view.draw
@@ -114,10 +116,9 @@ def test_draws_are_throttled(voc, tmp_path):
     t0 = time.perf_counter()
     view.run()
     wall = time.perf_counter() - t0
-    assert len(costs) == view.draws and 2 <= view.draws < len(view.rows) + 1
-    # all but the run's first draw are each paid for by cost/share seconds of training before them
-    assert sum(costs[1:-1]) <= 0.05 * wall
-    assert view.draw_time < wall
+    assert len(costs) == view.draws >= 1 and view.curves.value  # the final state is always drawn
+    assert sum(costs[:-1]) <= 0.05 * wall + max(costs)
+    assert view.draw_time <= 0.05 * wall + 2 * max(costs) + 0.01 * len(view.rows)  # + the status lines
 
 
 def test_without_a_frontend_it_is_the_tqdm_bar(voc, tmp_path, capsys):

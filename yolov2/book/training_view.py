@@ -8,11 +8,13 @@ at seen = 12800, the no-object share falls as the empty slots learn), the learni
 images per second. The numbers it draws are the log's own: the view reads nothing the trainer does
 not already read once per iteration, so it adds no host-device synchronisation.
 
-Cost. Drawing a figure takes a fixed time (a PNG of a few curves: tens of milliseconds); the view
-redraws at most once every `min_interval` seconds and never sooner than `draw_time / draw_share`
-after its last draw, so drawing takes at most `draw_share` (2%) of the run's time plus one draw.
-Every `inspect_every` iterations it can show the iteration's last forward through chapter 6b's
-:class:`yolov2.book.widgets.AssignmentInspector` (throttled the same way).
+Cost. Drawing a figure takes a fixed time (a PNG of a few curves: a tenth of a second or more on a
+busy CPU), whatever the speed of the training. So the view keeps an account: it redraws (at most
+once every `min_interval` seconds) only when the time it has spent so far plus the last draw's cost
+stays within `draw_share` (2%) of the run's time so far, and draws once more at the end (the final
+state). Every `inspect_every` iterations it can show the iteration's last forward through chapter
+6b's :class:`yolov2.book.widgets.AssignmentInspector`, on the same account. A status line (counts
+and the last row's numbers, a few hundred bytes) is updated every iteration.
 
 Stop. The button sets `Trainer.stop_requested`; the run ends at the next iteration boundary with its
 checkpoint written, and continues with `--resume` (or a `Trainer(..., resume=True)`). A button click
@@ -172,7 +174,9 @@ class TrainingView:
         self.result: TrainResult | None = None
         self.error: BaseException | None = None
         self.state = "ready"  # running, stopping, stopped, finished, failed
-        self._next_draw, self._next_inspect, self._thread, self._shown = 0.0, 0.0, None, False
+        self._t0 = self._last_draw = self._last_inspect = 0.0
+        self._cost = {"draw": 0.05, "inspect": 0.2}  # seconds, the last measured (first: guesses)
+        self._thread, self._shown = None, False
         self._batch: dict = {}
         self.inspector: _LiveInspector | None = None
         self.widget = self._widgets() if self.live else None
@@ -254,21 +258,35 @@ class TrainingView:
         return [self.trainer.net.register_forward_pre_hook(images),
                 self.trainer.loss_fn.register_forward_pre_hook(loss)]
 
+    def _affordable(self, kind: str, last: float) -> bool:
+        """Whether a draw (or an inspection) now keeps the view's time within draw_share of the run's."""
+        t = now()
+        spent = self.draw_time + self._cost[kind]
+        return t - last >= self.min_interval and spent <= self.draw_share * (t - self._t0)
+
+    def _timed(self, kind: str, work) -> None:
+        t = now()
+        work()
+        self._cost[kind] = now() - t
+        if kind == "draw":
+            self._last_draw = now()
+        else:
+            self._last_inspect = now()
+
     def _on_row(self, row: dict) -> None:
         t = now()
         self.rows.append(row)
         if not self.live:
             return
         self._status()
-        if t >= self._next_draw:
-            self.draw()
-            cost = now() - t
-            self._next_draw = now() + max(self.min_interval, cost / self.draw_share)
-        if self.inspect_every and row["step"] % self.inspect_every == 0 and now() >= self._next_inspect:
-            t1 = now()
-            self._inspect()
-            self._next_inspect = now() + max(self.min_interval, (now() - t1) / self.draw_share)
         self.draw_time += now() - t
+        if self._affordable("draw", self._last_draw):
+            self._timed("draw", self.draw)
+            self.draw_time += self._cost["draw"]
+        if self.inspect_every and row["step"] % self.inspect_every == 0 and \
+                self._affordable("inspect", self._last_inspect):
+            self._timed("inspect", self._inspect)
+            self.draw_time += self._cost["inspect"]
 
     def _inspect(self) -> None:
         b, k = self._batch, self.inspect_images
@@ -297,6 +315,7 @@ class TrainingView:
         # the view replaces the progress bar (a notebook's tqdm bar would be a second widget)
         self.trainer.rt = dataclasses.replace(self.trainer.rt, progress=False)
         self.trainer.stop_requested, self.error, self.state = False, None, "running"
+        self._t0 = self._last_draw = self._last_inspect = now()
         if not self._shown and frontend():
             self._ipython_display_()
         self._status()
@@ -333,8 +352,8 @@ class TrainingView:
             self._status()
             if self.rows:
                 self.draw()  # the final state: what the saved widget state (a built book) shows
-            if self.inspect_every and self.rows:
-                self._inspect()
+            if self.inspect_every and self.rows and not self.inspections:
+                self._inspect()  # at least one, for the final state
             self.draw_time += now() - t
             self.stop_button.disabled = True
 
