@@ -9,9 +9,10 @@ Three kinds of run of the same trainer settings, alternating so that a busy mach
   what the log's split columns cost every run.
 
 Each run trains `--iterations` updates of yolov2-tiny-synth on synthetic images from a fresh trainer
-(seed 0); the figure is the median wall time per run over `--repeats`, and view on / view off − 1
-is the view's overhead. The view's own account (its `draw_time`, the seconds spent in its updates)
-is printed next to it.
+(seed 0, `--threads` torch threads); the figures are the medians over `--repeats` of the wall time
+and of the process's CPU time per run (on a machine shared with other jobs the CPU time is the
+steadier one), and view on / view off − 1 is the view's overhead. The view's own account (its
+`draw_time`, the seconds spent in its updates) is printed next to it.
 
     python benchmarks/bench_training_view.py                 # CPU: 30 updates of 16 images, 128 px
     python benchmarks/bench_training_view.py --device cuda --iterations 100
@@ -59,12 +60,15 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--min-interval", type=float, default=1.0, help="the view's min_interval (s)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         root = make_synthetic_voc(tmp / "voc", max(64, args.batch * 4), 0, seed=0)
         walls: dict[str, list[float]] = {"view off": [], "view on": [], "split off": []}
+        cpus: dict[str, list[float]] = {k: [] for k in walls}
         draw_time, draws = [], []
         for r in range(args.repeats):
             for kind in walls:
@@ -73,7 +77,7 @@ def main() -> None:
                 if kind == "split off":
                     trainer_module.stats_vector = no_split
                 try:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     if kind == "view on":
                         view = TrainingView(t, live=True, min_interval=args.min_interval)
                         view.run()
@@ -84,18 +88,24 @@ def main() -> None:
                     if args.device.startswith("cuda"):
                         torch.cuda.synchronize()
                     walls[kind].append(time.perf_counter() - t0)
+                    cpus[kind].append(time.process_time() - c0)
                 finally:
                     trainer_module.stats_vector = saved
     med = {k: statistics.median(v) for k, v in walls.items()}
+    cpu = {k: statistics.median(v) for k, v in cpus.items()}
     print(f"{cpu_name() if args.device == 'cpu' else torch.cuda.get_device_name()}; {args.iterations} "
-          f"updates of {args.batch} images at {args.size} px, median of {args.repeats}")
+          f"updates of {args.batch} images at {args.size} px, {args.threads} thread(s), median of "
+          f"{args.repeats}")
     for k, v in med.items():
-        print(f"  {k:9s}: {v:7.2f} s per run ({args.iterations * args.batch / v:6.1f} images/s)")
+        print(f"  {k:9s}: {v:7.2f} s wall per run ({args.iterations * args.batch / v:6.1f} images/s), "
+              f"{cpu[k]:7.2f} s CPU")
     view_wall = med["view on"]
-    print(f"  view overhead: {100 * (view_wall / med['view off'] - 1):+.1f}% of the run "
-          f"(its own account: {100 * statistics.median(draw_time) / view_wall:.1f}% in "
+    print(f"  view overhead: {100 * (view_wall / med['view off'] - 1):+.1f}% wall, "
+          f"{100 * (cpu['view on'] / cpu['view off'] - 1):+.1f}% CPU (its own account: "
+          f"{100 * statistics.median(draw_time) / view_wall:.1f}% of the wall time in "
           f"{statistics.median(draws):.0f} draws and {args.iterations} status updates)")
-    print(f"  loss split's cost: {100 * (med['view off'] / med['split off'] - 1):+.1f}% of the run")
+    print(f"  loss split's cost: {100 * (med['view off'] / med['split off'] - 1):+.1f}% wall, "
+          f"{100 * (cpu['view off'] / cpu['split off'] - 1):+.1f}% CPU")
 
 
 if __name__ == "__main__":
