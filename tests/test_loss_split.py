@@ -100,7 +100,7 @@ def test_ignored_slots_leave_the_no_object_part():
 def test_split_bound_is_tight_enough_to_catch_a_missing_part():
     logits, truth = batch()
     fn = loss_fn()
-    loss = float(fn(logits.clone().requires_grad_(True), truth, 64))
+    loss = float(fn(logits.clone().requires_grad_(True), truth, 64).detach())
     parts = fn.stats.parts
     bound = split_bound(loss, loss_terms(logits.shape, 5, 30))
     assert bound < 0.01 * loss
