@@ -490,3 +490,49 @@ def test_playground_threshold_slider_live_in_voila(browser, tmp_path) -> None:
     assert first[2] == "0.50" and int(first[1]) == _playground_detector_count(0.5, tmp_path / "a")
     assert second[2] == "0.38" and int(second[1]) == _playground_detector_count(0.38, tmp_path / "b")
     assert first[1] != second[1], "the threshold moved but the drawn boxes did not change"
+
+
+# The training view's parts (yolov2.book.training_view's CSS classes), read in the page
+STATUS_JS = "(document.querySelector('.yolov2-training-status')?.innerText ?? '')"
+CURVES_JS = "(document.querySelector('img.yolov2-training-curves')?.src ?? '')"
+LOGGED_RE = r"(\d+) iterations logged"
+
+
+def _logged(page) -> int:
+    """The number of iterations the training view's status reports."""
+    m = re.search(LOGGED_RE, page.evaluate(f"() => {STATUS_JS}"))
+    return int(m[1]) if m else -1
+
+
+def test_training_view_live_in_voila(browser) -> None:
+    """The live training view in Voila: its curves grow while the run goes, Stop ends the run at an
+    iteration boundary (the status says stopped and names the checkpoint; no iteration follows)."""
+    notebook = ROOT / "tests/fixtures/book/training_view.ipynb"
+    log = ROOT / "_build" / "browser" / "voila-training_view.log"
+    grown = (f"([n, src]) => {{ const m = /{LOGGED_RE}/.exec({STATUS_JS}); "
+             f"return m !== null && +m[1] > n + 2 && {CURVES_JS} !== src; }}")
+    with voila(notebook, log) as url:
+        local = url.rstrip("/").split("//", 1)[1]
+        with open_page(browser, url, lambda u: u.startswith(LOCAL_SCHEMES) or u.split("//", 1)[-1]
+                       .startswith(local)) as (page, tr):
+            page.wait_for_selector(".yolov2-training-stop", timeout=TIMEOUT_MS)
+            page.wait_for_function(f"() => /[1-9][0-9]* iterations logged/.test({STATUS_JS}) && "
+                                   f"{CURVES_JS} !== ''", timeout=TIMEOUT_MS)
+            first, src = _logged(page), page.evaluate(f"() => {CURVES_JS}")
+            # the curves grow: more iterations logged, and a new figure drawn
+            page.wait_for_function(grown, arg=[first, src], timeout=TIMEOUT_MS)
+            page.click(".yolov2-training-stop")
+            page.wait_for_function(f"() => {STATUS_JS}.includes('stopped')", timeout=TIMEOUT_MS)
+            status = page.evaluate(f"() => {STATUS_JS}")
+            stopped = _logged(page)
+            time.sleep(3)  # a run still going would log more
+            after = _logged(page)
+            disabled = page.evaluate("() => document.querySelector('.yolov2-training-stop')?.disabled")
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOTS / "voila-training_view.png"), full_page=True)
+    assert stopped > first + 2 and after == stopped, (first, stopped, after)
+    assert f"batch {stopped} of 100000" in status and "checkpoint written" in status, status
+    assert disabled, "the Stop button stays enabled after the run ended"
+    others = [u for u in tr.blocked if not u.startswith(VOILA_TEMPLATE_CDN)]
+    assert others == [], f"Voila page requested non-local resources: {others}"
+    assert tr.errors == [], f"JavaScript errors in the Voila page: {tr.errors}"

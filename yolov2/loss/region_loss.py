@@ -29,9 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from yolov2.darknet.region import RegionConfig, activate, split_entries
+from yolov2.darknet.ulp import U32, sum_ulps
 from yolov2.loss.assign import Assignment, RegionParams, Workspace, assign, prior_pull, used_truths
 
 STAT_KEYS = ("avg_iou", "class", "obj", "no_obj", "avg_recall", "count")
+# The loss split by rule (:func:`rule_parts`): coordinates of positives, objectness of positives,
+# no-object (the objectness of the other slots), the prior pull (seen < 12800), classes.
+PART_KEYS = ("loss_coord", "loss_obj", "loss_noobj", "loss_prior", "loss_class")
 
 
 class RegionStats(Mapping):
@@ -43,15 +47,27 @@ class RegionStats(Mapping):
     on CUDA the host waits for the device only when (and if) someone looks, never in the loss.
     """
 
-    def __init__(self, compute: Callable[[], dict[str, Tensor]]):
+    def __init__(self, compute: Callable[[], dict[str, Tensor]],
+                 parts: Callable[[], dict[str, Tensor]] | None = None):
         self._compute: Callable[[], dict[str, Tensor]] | None = compute
         self._tensors: dict[str, Tensor] = {}
+        self._parts_compute, self._parts = parts, None
 
     @property
     def tensors(self) -> dict[str, Tensor]:
         if self._compute is not None:
             self._tensors, self._compute = self._compute(), None
         return self._tensors
+
+    @property
+    def parts(self) -> dict[str, Tensor]:
+        """The loss split by rule, {PART_KEYS: 0-d device tensors} (:func:`rule_parts`), computed on
+        first access; their sum is the loss within :func:`split_bound`."""
+        if self._parts is None:
+            if self._parts_compute is None:
+                raise KeyError("these stats were made without the loss's split by rule")
+            self._parts, self._parts_compute = self._parts_compute(), None
+        return self._parts
 
     def __getitem__(self, key: str) -> float | int:
         value = self.tensors[key].item()
@@ -162,6 +178,53 @@ def class_term(cls: Tensor, a: Assignment) -> tuple[Tensor, Tensor, Tensor]:
     return value, grad, p
 
 
+def rule_parts(a: Assignment, klass: Tensor) -> dict[str, Tensor]:
+    """The loss L split by rule, 0-d tensors keyed by PART_KEYS; klass: :func:`class_term`'s value.
+
+    The same terms as :func:`coord_term` and :func:`obj_term`, ½·s·(t − p)², summed over the positive
+    slots (`loss_coord`, `loss_obj`) and over all the others: their objectness toward 0 at
+    noobject_scale (`loss_noobj`; ignored slots have scale 0 and add exact zeros) and their
+    coordinates toward the prior at scale .01 (`loss_prior`; scale 0, so exactly 0, once
+    seen >= 12800). Every term is >= 0, and each part is a sum of some of L's terms, so the parts
+    add up to L within rounding (:func:`split_bound`).
+    """
+    pos = a.truth_index >= 0  # (N, A, H, W)
+    d = a.coord_target - a.output[:, :, 0:4]  # (N, A, 4, H, W)
+    coord = 0.5 * (a.coord_scale.unsqueeze(2) * d * d).sum(2)  # (N, A, H, W) per slot
+    do = a.obj_target - a.output[:, :, 4]
+    obj = 0.5 * (a.obj_scale * do * do)
+    zero = coord.new_zeros(())
+    return {"loss_coord": torch.where(pos, coord, zero).sum(), "loss_obj": torch.where(pos, obj, zero).sum(),
+            "loss_noobj": torch.where(pos, zero, obj).sum(),
+            "loss_prior": torch.where(pos, zero, coord).sum(), "loss_class": klass.detach().float()}
+
+
+def loss_terms(logits_shape: Sequence[int], num_anchors: int, truth_rows: int) -> int:
+    """How many terms the loss of one forward sums: 4 coordinates and 1 objectness per slot, one class
+    term per truth row (at most 30). logits_shape: (N, A*(5+C), H, W)."""
+    n, _, h, w = logits_shape
+    return n * (num_anchors * h * w * 5 + min(truth_rows, 30))
+
+
+def split_bound(loss: float, terms: int, digits: int | None = None) -> float:
+    """How far the sum of the parts (:func:`rule_parts`) can be from the loss, absolute.
+
+    loss: the loss (>= 0), or any positive multiple of it (per image: a mean); terms: how many terms
+    it sums, over all its forwards (:func:`loss_terms`, added up). The loss and the parts' sum are
+    two float32 sums of the same non-negative terms in other orders (a part is a sum of some
+    terms, the loss adds the terms' sums in another grouping), so they differ by at most
+    sum_ulps(terms) ulps of Σ|term| = the loss (yolov2.darknet.ulp: Higham §3.1); one ulp is at most
+    2·U32 of the value, and a mean divides both sides alike. digits: the values were printed with
+    that many significant digits (log.csv: 6), each then off by up to half a unit of its last
+    digit, at most 5·10^-digits of itself: the loss and five parts summing to it add
+    2·5·10^-digits of the loss.
+    """
+    bound = (sum_ulps(terms) + 1) * 2 * U32 * loss
+    if digits is not None:
+        bound += 2 * 5 * 10.0 ** -digits * loss
+    return bound
+
+
 class _ClosedForm(torch.autograd.Function):
     """L as an autograd node whose backward is its gradient, computed in closed form by the terms.
 
@@ -188,7 +251,7 @@ class _ClosedForm(torch.autograd.Function):
         return grad.view(ctx.shape).to(ctx.dtype), None, None, None, None
 
 
-def region_stats(prob: Tensor, a: Assignment) -> RegionStats:
+def region_stats(prob: Tensor, a: Assignment, klass: Tensor | None = None) -> RegionStats:
     """Darknet's printed diagnostics from the class softmax at the slots of the first R truth rows
     (N, R, C; rows past R unused) and the assignment (σ(z_obj) is `a.output[:, :, 4]`).
 
@@ -210,7 +273,7 @@ def region_stats(prob: Tensor, a: Assignment) -> RegionStats:
         stats = {k: v / count for k, v in sums.items()}
         return {**stats, "no_obj": flat.mean(), "count": count.long()}
 
-    return RegionStats(compute)
+    return RegionStats(compute, None if klass is None else lambda: rule_parts(a, klass))
 
 
 class RegionLoss(nn.Module):
@@ -223,7 +286,8 @@ class RegionLoss(nn.Module):
     a row with x == 0 ends an image's list, at most 30 rows used; seen: images seen including
     this batch (darknet's `*net.seen`), an int or a 0-d tensor on the device. Returns the loss
     summed over the batch; `self.stats` then holds darknet's printed diagnostics of the batch
-    (:class:`RegionStats`, e.g. `loss_fn.stats["avg_iou"]`). `explain(...)` returns the
+    (:class:`RegionStats`, e.g. `loss_fn.stats["avg_iou"]`), and `self.stats.parts` the loss split by
+    rule (:func:`rule_parts`). `explain(...)` returns the
     :class:`yolov2.loss.assign.Assignment` the loss is computed from.
 
     validate=True checks the inputs first (:func:`check_inputs`: one host-device sync on CUDA);
@@ -290,7 +354,7 @@ class RegionLoss(nn.Module):
             coord, _ = coord_term(a, out=grad5[:, :, 0:4])
             obj, _ = obj_term(a, out=grad5[:, :, 4])
             klass, g_cls, prob = class_term(cls, a)
-        self.stats = region_stats(prob, a)
+        self.stats = region_stats(prob, a, klass)
         return _ClosedForm.apply(logits, coord + obj + klass, grad5, g_cls, index)
 
     def delta(self, logits: Tensor, truth: Tensor, seen: int | Tensor) -> Tensor:

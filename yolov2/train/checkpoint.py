@@ -407,34 +407,40 @@ class LogFile:
             pass
 
 
-def open_log(path: Path, fields: tuple[str, ...], step: int) -> LogFile:
+def open_log(path: Path, fields: tuple[str, ...], step: int,
+             older: tuple[tuple[str, ...], ...] = ()) -> LogFile:
     """The per-iteration CSV log, for appending; on resume only the rows up to `step` are kept.
 
     The kept rows are written atomically first (a crash while rewriting loses nothing), then the file
     is opened for appending. A log that is not this run's (another header, a row that is not numbers)
-    is a CheckpointError naming the file and line.
+    is a CheckpointError naming the file and line. older: the headers of older versions of the log,
+    each a prefix of `fields` (the columns added since come last); such a log continues under
+    today's header, its rows' new columns `nan`.
     """
-    kept = _rows_up_to(path, fields, step) if step and path.exists() else []
+    kept = _rows_up_to(path, fields, step, older) if step and path.exists() else []
     write_text(path, ",".join(fields) + "\n" + "".join(r + "\n" for r in kept))
     return LogFile(path)
 
 
-def _rows_up_to(path: Path, fields: tuple[str, ...], step: int) -> list[str]:
+def _rows_up_to(path: Path, fields: tuple[str, ...], step: int,
+                older: tuple[tuple[str, ...], ...] = ()) -> list[str]:
     try:
         lines = read_text(path, CheckpointError).splitlines()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read training log: {e.strerror or e}") from None
-    if not lines or lines[0].split(",") != list(fields):
-        head = lines[0][:60] if lines else ""
-        raise CheckpointError(f"{path}:1: not this trainer's log (header {head!r}); move it away to "
+    head = tuple(lines[0].split(",")) if lines else ()
+    if head not in (fields, *(h for h in older if fields[:len(h)] == h)):
+        first = lines[0][:60] if lines else ""
+        raise CheckpointError(f"{path}:1: not this trainer's log (header {first!r}); move it away to "
                               f"resume (the checkpoint is intact)")
+    pad = "".join(",nan" for _ in fields[len(head):])  # an older log's rows: nan in the new columns
     kept = []
     for n, row in enumerate(lines[1:], 2):
         values = row.split(",")
-        if len(values) != len(fields):  # a run killed mid-write may leave a cut last line
+        if len(values) != len(head):  # a run killed mid-write may leave a cut last line
             if n == len(lines):
                 continue
-            raise CheckpointError(f"{path}:{n}: expected {len(fields)} comma-separated fields, got "
+            raise CheckpointError(f"{path}:{n}: expected {len(head)} comma-separated fields, got "
                                   f"{len(values)}; move the log away to resume (the checkpoint is intact)")
         try:
             at = int(values[0])
@@ -443,7 +449,7 @@ def _rows_up_to(path: Path, fields: tuple[str, ...], step: int) -> list[str]:
             raise CheckpointError(f"{path}:{n}: not a number in {row[:60]!r}; move the log away to "
                                   f"resume (the checkpoint is intact)") from None
         if at <= step:
-            kept.append(row)
+            kept.append(row + pad)
     return kept
 
 

@@ -77,7 +77,8 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
     """Train `cfg` on the VOC-layout dataset at `data`, writing the run to `out_dir`.
 
     Writes `checkpoint.pt` (every `checkpoint_every` iterations, default 100, and at the end),
-    `<cfg>_final.weights` (darknet format), `log.csv` (one row per iteration, :func:`read_log`), `loss.png`
+    `<cfg>_final.weights` (darknet format), `log.csv` (one row per iteration, :func:`read_log`; the
+    loss per image and its split by rule, `loss_coord` ... `loss_class`: region_loss.rule_parts), `loss.png`
     and `run.json` (the settings, and the files the run writes: `force` deletes those only). A setting left
     None takes the recipe's or the cfg's value (recipe `darknet`, seed 0, final_batches 200).
     `resume=True` continues the run in `out_dir` exactly, with the settings it was started with: a setting

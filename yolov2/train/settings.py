@@ -87,6 +87,7 @@ class TrainResult:
     elapsed: float  # seconds of this process's training (a resumed run counts its part only)
     images_per_s: float
     map: float | None = None  # VOC07 mAP on the --eval image set, when one was given
+    stopped: bool = False  # ended by Trainer.stop_requested before max_batches (weights: the _last ones)
 
 
 def training_batch(net: Section) -> tuple[int, int]:

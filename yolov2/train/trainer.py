@@ -39,7 +39,7 @@ from yolov2.data.augment import Augmenter
 from yolov2.data.darknet_data import is_data_file, load_split
 from yolov2.data.dataset import DetectionDataset, MultiScaleBatchSampler, collate, take_batch, worker_init
 from yolov2.data.voc import load_voc
-from yolov2.loss.region_loss import RegionLoss, RegionStats
+from yolov2.loss.region_loss import PART_KEYS, RegionLoss, RegionStats, loss_terms
 from yolov2.train.checkpoint import (
     CHECKPOINT,
     LOG,
@@ -97,16 +97,21 @@ class DarknetSizes(MultiScaleBatchSampler):
         return super().size_of(epoch, batch)
 
 
-LOG_FIELDS = ("step", "batch", "seen", "epoch", "size", "lr", "loss", "avg_loss", "avg_iou", "class", "obj",
-              "no_obj", "avg_recall", "count", "images_per_s", "time")
+# The log's columns before the loss split by rule was added (an older log.csv: still read and resumed)
+LOG_FIELDS_V1 = ("step", "batch", "seen", "epoch", "size", "lr", "loss", "avg_loss", "avg_iou", "class",
+                 "obj", "no_obj", "avg_recall", "count", "images_per_s", "time")
+LOG_FIELDS = (*LOG_FIELDS_V1, *PART_KEYS)  # + the loss per image split by rule (region_loss.rule_parts)
+STATS = 7 + len(PART_KEYS)  # the length of a stats_vector
 
 
 def stats_vector(loss: torch.Tensor, stats) -> torch.Tensor:
-    """(7,) sums that add over forwards and ranks: loss, iou·n, class·n, obj·n, recall·n, no_obj, n."""
-    t = stats.tensors
+    """(12,) sums that add over forwards and ranks: loss, iou·n, class·n, obj·n, recall·n, no_obj, n,
+    then the loss's parts by rule (PART_KEYS)."""
+    t, parts = stats.tensors, stats.parts
     n = t["count"].to(loss.dtype)
     per = [torch.nan_to_num(t[k].to(loss.dtype)) * n for k in ("avg_iou", "class", "obj", "avg_recall")]
-    return torch.stack([loss, *per, t["no_obj"].to(loss.dtype), n])
+    split = [parts[k].to(loss.dtype) for k in PART_KEYS]
+    return torch.stack([loss, *per, t["no_obj"].to(loss.dtype), n, *split])
 
 
 @dataclass
@@ -250,7 +255,9 @@ class Trainer:
             self.loader = self._loader()
         self._it = None
         # what the forwards since the last update add up to: stats_vector sums, images, forwards
-        self._acc, self._images, self._forwards = torch.zeros(7, device=rt.device), 0, 0
+        self._acc, self._images, self._forwards = torch.zeros(STATS, device=rt.device), 0, 0
+        self._terms = 0  # the loss terms summed since the last update (region_loss.split_bound)
+        self.stop_requested = False  # set (e.g. by a Stop button): run() ends at the next update
         self.rate = self.current_rate()
         if ckpt is not None:
             self._restore(ckpt)
@@ -389,6 +396,7 @@ class Trainer:
         stats = self.loss_fn.stats
         self._acc += stats_vector(loss.detach(), stats)
         self._images, self._forwards = self._images + images.shape[0] * rt.world, self._forwards + 1
+        self._terms += loss_terms(logits.shape, self.net.region.num, truths.shape[1]) * rt.world
         if due:
             self._sums = self._checked_update()
         return Forward(self.seen, self.batch_num, self.current_rate(), due, loss.detach(), logits.detach(),
@@ -398,8 +406,9 @@ class Trainer:
         """The update, unless a loss since the last one is not finite: (summed stats, images, forwards)."""
         v = all_sum(self._acc, self.rt).tolist()  # the update's one host-device synchronisation
         sums = (v, self._images, self._forwards)
+        self.terms = self._terms  # of the last update's loss
         self._acc.zero_()
-        self._images = self._forwards = 0
+        self._images = self._forwards = self._terms = 0
         loss = v[0] / sums[1]
         if not finite(loss):
             where = self.out / CHECKPOINT if self.out else "not written (no run directory)"
@@ -424,7 +433,8 @@ class Trainer:
                 "size": f.logits.shape[-1] * self.net.stride, "lr": self.rate, "loss": loss,
                 "avg_loss": self.avg_loss, "avg_iou": v[1] / n, "class": v[2] / n, "obj": v[3] / n,
                 "no_obj": v[5] / (forwards * rt.world), "avg_recall": v[4] / n, "count": int(v[6]),
-                "images_per_s": images / dt, "time": self.elapsed}
+                "images_per_s": images / dt, "time": self.elapsed,
+                **{k: v[7 + i] / images for i, k in enumerate(PART_KEYS)}, "terms": self.terms}
 
     def update(self) -> None:
         """Darknet's update_network: the rate at the current batch_num, then the optimizer step."""
@@ -460,18 +470,23 @@ class Trainer:
         self.net.save_weights(path)  # atomic (yolov2.files)
         return path
 
-    def run(self) -> TrainResult:
+    def run(self, on_row: Callable[[dict], None] | None = None) -> TrainResult:
+        """Iterations up to max_batches, a log row each, checkpoints every `checkpoint_every` and at the
+        end. on_row(row) is called after each row is logged (a live view: yolov2.book.training_view).
+        `stop_requested` set (by on_row or another thread) ends the run at the next iteration
+        boundary: the checkpoint is written, `stopped` is True in the result and no `_final.weights`
+        is written (the run continues with --resume)."""
         s, rt = self.s, self.rt
         if self.out is None:
             raise TrainError("run() writes a run directory: give the trainer one (out=...)")
-        log = open_log(self.out / LOG, LOG_FIELDS, self.step) if rt.main else None
+        log = open_log(self.out / LOG, LOG_FIELDS, self.step, (LOG_FIELDS_V1,)) if rt.main else None
         if rt.main:
             write_run_record(self.out, dataclasses.asdict(s), run_outputs(s.cfg))
         bar = tqdm(total=s.max_batches, initial=min(self.batch_num, s.max_batches), disable=not rt.progress,
                    unit="batch", dynamic_ncols=True)
         images0, t0 = self.seen, now()
         try:
-            while self.batch_num < s.max_batches:
+            while self.batch_num < s.max_batches and not self.stop_requested:
                 before = self.batch_num
                 row = self.iteration()
                 if log:
@@ -480,6 +495,8 @@ class Trainer:
                 bar.set_postfix_str(postfix(row), refresh=False)
                 if self.step % s.checkpoint_every == 0:
                     self.save()
+                if on_row is not None:
+                    on_row(row)
         except KeyboardInterrupt:
             raise TrainInterrupted(f"interrupted at batch {self.batch_num}; continue with --resume (from the "
                                    f"last checkpoint, {self.out / CHECKPOINT})") from None
@@ -489,13 +506,15 @@ class Trainer:
                 log.close()
         self.save()
         wall = now() - t0
-        final = self.out / f"{Path(s.cfg).stem}_final.weights"
+        stopped = self.batch_num < s.max_batches
+        final = self.out / f"{Path(s.cfg).stem}_{'last' if stopped else 'final'}.weights"
         plot = None
         if rt.main:
-            self.save_weights(final)
+            if not stopped:
+                self.save_weights(final)
             plot = plot_log(read_log(self.out / LOG), self.out / PLOT)
         return TrainResult(self.out, final, self.out / CHECKPOINT, self.out / LOG, plot, self.seen,
-                           self.batch_num, wall, (self.seen - images0) / max(wall, 1e-9))
+                           self.batch_num, wall, (self.seen - images0) / max(wall, 1e-9), stopped=stopped)
 
 
 def postfix(row: dict) -> str:
