@@ -83,9 +83,13 @@ def test_headline_port_map_through_the_cli(shared, tmp_path, metric):
                         "--results", str(root / "results_port"), "--metric", metric, "--json", str(out)])
     assert rc == 0
     got = json.loads(out.read_text())
+    # The port's files hold 28k tied scores, and numpy's default argsort (the reference's ranking)
+    # orders ties with the CPU's SIMD sort kernel (AVX-512, AVX2, none): another CPU, another order.
+    # The orders met so far (file order, numpy's on AVX-512 and on AVX2 CPUs) move a class's AP by
+    # < 2e-5 (test_headline_with_file_order_ties) and the mean by < 1e-6; the printed 57.7 holds.
     for c in VOC_CLASSES:
-        assert got["ap"][c] == pytest.approx(expected["ap"][c], abs=1e-6), c
-    assert got["map"] == pytest.approx(expected["map"], abs=1e-6)
+        assert got["ap"][c] == pytest.approx(expected["ap"][c], abs=2e-5), c
+    assert got["map"] == pytest.approx(expected["map"], abs=1e-5)
     map_line = text.strip().splitlines()[-1]
     assert map_line.split()[:2] == ["mAP", f"{100 * expected['map']:.1f}"]
     if metric == "voc07":
