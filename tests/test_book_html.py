@@ -536,3 +536,244 @@ def test_training_view_live_in_voila(browser) -> None:
     others = [u for u in tr.blocked if not u.startswith(VOILA_TEMPLATE_CDN)]
     assert others == [], f"Voila page requested non-local resources: {others}"
     assert tr.errors == [], f"JavaScript errors in the Voila page: {tr.errors}"
+
+
+# ---- live widgets in JupyterLab ------------------------------------------------------------------
+#
+# What a reader does after `make lab`: open a notebook, Run > Run All Cells, move a control. What was
+# found to work (JupyterLab 4, Playwright, headless chromium):
+# - The server is `make lab`'s own command (read from `make -n lab`) with its root_dir swapped for a
+#   temporary tree: JupyterLab writes outputs back into the notebooks it runs, so it serves copies.
+#   The tree mirrors the repository (real folders along each notebook's path, the notebook copied,
+#   every other entry a symlink), so a notebook's relative paths (`../data/...`) still resolve.
+# - Workspaces and user settings go to the same temporary folder: each case opens its notebook in its
+#   own workspace (`/lab/workspaces/<name>/tree/<path>`), so no tab of an earlier case is restored,
+#   and the reader's own settings do not apply. One setting is written: `windowingMode: "none"`, so
+#   that every cell is in the DOM (JupyterLab's default virtualises cells off screen).
+# - "Run All Cells" is the Run menu's item whose `data-command` is `runmenu:run-all` (Lumino menu
+#   items carry their command id; the Run menu's own command, which runs `notebook:run-all-cells` on
+#   the current notebook). JupyterLab has no default keyboard shortcut for it. Clicking the item
+#   right after the page loaded ran nothing (the prompt stayed `[ ]:`): click into the notebook
+#   first (a cell's prompt), which makes it the current widget, then open the menu. Cells are done
+#   when no input prompt shows `[*]:`; Accel+S (Control+S here) saves, and the saved copy on
+#   disk is read back: every code cell has an execution count and no output is an error.
+# - ipywidgets render in JupyterLab with the same DOM as in Voila (`.widget-slider .noUi-handle`,
+#   `.widget-dropdown select`, the package's own CSS classes); a focused slider handle takes
+#   ArrowLeft/ArrowRight (the notebook binds no command-mode shortcut to them).
+# - The page may request only 127.0.0.1:PORT (http and ws) and data:/blob:/about: URLs; JupyterLab's
+#   assets are served by the server. The news feed is off (`--LabApp.news_url=`).
+
+LAB_RUN_TIMEOUT_MS = 600_000  # all cells of a notebook, on a slow shared CPU
+LAB_SETTINGS = {"@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"}}
+PLAYGROUND_COUNT_CLASS = "yolov2-playground-count"  # yolov2.book.playground.COUNT_CLASS (asserted)
+
+
+@dataclass(frozen=True)
+class LabWidget:
+    """A notebook run in JupyterLab whose widget the test drives: act on `control`, watch `output`.
+
+    control: CSS selector; a <select> moves to its next option, a <button> is clicked, anything else
+    (a slider handle) is focused and `keys` are pressed. until: a regex the output's text must match
+    after the action (default: any change). check(before, after): assertions on the output's text.
+    """
+
+    notebook: str  # relative to the repo root; a copy is served
+    control: str
+    output: str
+    keys: tuple[str, ...] = ("ArrowRight",)
+    until: str | None = None
+    check: Callable[[str, str], None] | None = None
+
+
+def _playground_counts(before: str, after: str) -> None:
+    """The playground's count line, before and after 12 ArrowLeft presses: what `Detector` returns."""
+    import tempfile
+
+    first, second = PLAYGROUND_COUNT.search(before), PLAYGROUND_COUNT.search(after)
+    assert first and second, f"no box count in {before!r} / {after!r}"
+    with tempfile.TemporaryDirectory() as tmp:
+        assert first[2] == "0.50" and int(first[1]) == _playground_detector_count(0.5, Path(tmp) / "a")
+        assert second[2] == "0.38" and int(second[1]) == _playground_detector_count(0.38, Path(tmp) / "b")
+    assert first[1] != second[1], "the threshold moved but the drawn boxes did not change"
+
+
+LAB_WIDGETS = [
+    # the detection playground (book chapter 8): thresh .50 -> .38 (000002: 5 boxes at .5, 6 at .38)
+    LabWidget("tests/fixtures/book/playground.ipynb", control=".widget-slider .noUi-handle",
+              output=f".{PLAYGROUND_COUNT_CLASS}", keys=("ArrowLeft",) * 12,
+              until=r"boxes at thresh 0\.38\b", check=_playground_counts),
+    LabWidget("tests/fixtures/book/live_anchor_slider.ipynb", control=".widget-slider .noUi-handle",
+              output=".widget-output", check=_anchor_text),
+]
+
+
+def _mirror(src: Path, dest: Path, copies: set[Path]) -> None:
+    """dest mirrors src: folders on the way to a path in `copies` are made, those paths copied, every
+    other entry symlinked (hidden ones left out)."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(src.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry in copies:
+            shutil.copy2(entry, dest / entry.name)
+        elif any(entry in c.parents for c in copies):
+            _mirror(entry, dest / entry.name, copies)
+        else:
+            (dest / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+
+
+def _lab_command(extra: str) -> list[str]:
+    """The line `make lab` runs, with LAB_ARGS=extra (as tests/test_lab.py reads it)."""
+    import shlex
+
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "lab", f"LAB_ARGS={extra}"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    [line] = [ln for ln in dry.splitlines() if "-m jupyterlab" in ln]
+    return shlex.split(line)
+
+
+@dataclass(frozen=True)
+class Lab:
+    url: str  # http://127.0.0.1:PORT
+    token: str
+    tree: Path  # the served root: copies of LAB_WIDGETS' notebooks
+
+    def api(self, path: str, method: str = "GET") -> object:
+        import json
+        import urllib.request
+
+        req = urllib.request.Request(self.url + path, method=method,
+                                     headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            body = r.read()
+        return json.loads(body) if body else None
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Iterator[Lab]:
+    """One JupyterLab server (`make lab`'s command) for every case, on 127.0.0.1, a free port, a token."""
+    import json
+    import uuid
+
+    pytest.importorskip("jupyterlab", reason="JupyterLab is installed by requirements.txt (make venv)")
+    base = tmp_path_factory.mktemp("lab")
+    tree, settings = base / "tree", base / "settings"
+    _mirror(ROOT, tree, {ROOT / c.notebook for c in LAB_WIDGETS})
+    for name, values in LAB_SETTINGS.items():  # <user_settings_dir>/@scope/plugin/file
+        (settings / name).parent.mkdir(parents=True, exist_ok=True)
+        (settings / name).write_text(json.dumps(values))
+    port, token = _free_port(), uuid.uuid4().hex
+    cmd = _lab_command(f"--no-browser --ServerApp.port={port} --ServerApp.port_retries=0 "
+                       f"--IdentityProvider.token={token} --LabApp.news_url= "
+                       f"--LabApp.workspaces_dir={base / 'workspaces'} --LabApp.user_settings_dir={settings}")
+    assert "--ServerApp.ip=127.0.0.1" in cmd and "--ServerApp.root_dir=book" in cmd, cmd
+    cmd = [a for a in cmd if not a.startswith("--ServerApp.root_dir=")] + [f"--ServerApp.root_dir={tree}"]
+    log = ROOT / "_build" / "browser" / "lab.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "YOLOV2_FAST": os.environ.get("YOLOV2_FAST", "1")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = Lab(f"http://127.0.0.1:{port}", token, tree)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"jupyter lab exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                server.api("/api/status")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"jupyter lab did not answer on port {port}:\n{log.read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# Run All queues every cell at once (each prompt shows `[*]:`); it has started when a prompt left
+# `[ ]:` and ended when none shows `[*]:` (after an error JupyterLab clears the queue to `[ ]:`).
+RUN_STARTED = """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]
+    .some(p => p.textContent.trim() !== '[ ]:')"""
+RUN_ENDED = """() => ![...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]
+    .some(p => p.textContent.trim() === '[*]:')"""
+
+
+def _act(page, control, keys: tuple[str, ...]) -> None:
+    tag = control.evaluate("e => e.tagName")
+    if tag == "SELECT":
+        options = control.evaluate("e => [...e.options].map(o => o.value)")
+        current = control.evaluate("e => e.value")
+        control.select_option(options[(options.index(current) + 1) % len(options)])
+    elif tag == "BUTTON":
+        control.click()
+    else:
+        control.focus()
+        for key in keys:
+            page.keyboard.press(key)
+
+
+@pytest.mark.parametrize("case", LAB_WIDGETS, ids=lambda c: Path(c.notebook).stem)
+def test_widget_live_in_lab(browser, lab: Lab, case: LabWidget) -> None:
+    """The notebook (a copy) in real JupyterLab: Run > Run All Cells, every cell runs without error
+    (read back from the saved copy), the widget renders, the control moves and the kernel's answer
+    changes the output; no JavaScript error, no request but to the server."""
+    from yolov2.book.playground import COUNT_CLASS
+
+    assert COUNT_CLASS == PLAYGROUND_COUNT_CLASS
+    stem = Path(case.notebook).stem
+    copy = lab.tree / case.notebook
+    local = lab.url.split("//", 1)[1]  # 127.0.0.1:PORT, for http:// and ws://
+    url = f"{lab.url}/lab/workspaces/{stem}/tree/{case.notebook}?token={lab.token}"
+    try:
+        with open_page(browser, url, lambda u: u.startswith(LOCAL_SCHEMES) or u.split("//", 1)[-1]
+                       .startswith(local)) as (page, tr):
+            page.wait_for_selector(".jp-NotebookPanel .jp-CodeCell", timeout=TIMEOUT_MS)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
+                                   timeout=TIMEOUT_MS)  # the kernel started
+            page.click(".jp-NotebookPanel .jp-CodeCell .jp-InputPrompt")  # the notebook is current
+            page.click(".lm-MenuBar-item:has-text('Run')")
+            page.click(".lm-Menu-item[data-command='runmenu:run-all']:not(.lm-mod-disabled)")
+            page.wait_for_function(RUN_STARTED, timeout=TIMEOUT_MS)
+            page.wait_for_function(RUN_ENDED, timeout=LAB_RUN_TIMEOUT_MS)
+            control = page.wait_for_selector(case.control, timeout=TIMEOUT_MS)
+            page.wait_for_function("sel => (document.querySelector(sel)?.innerText ?? '').trim() !== ''",
+                                   arg=case.output, timeout=TIMEOUT_MS)
+            before = _text(page, case.output)
+            _act(page, control, case.keys)
+            if case.until:
+                page.wait_for_function("([sel, re]) => new RegExp(re).test("
+                                       "document.querySelector(sel)?.innerText ?? '')",
+                                       arg=[case.output, case.until], timeout=TIMEOUT_MS)
+            else:
+                page.wait_for_function("([sel, old]) => (document.querySelector(sel)?.innerText ?? '')"
+                                       " !== old", arg=[case.output, before], timeout=TIMEOUT_MS)
+            after = _text(page, case.output)
+            mtime = copy.stat().st_mtime_ns
+            page.click(".jp-NotebookPanel .jp-Notebook")  # focus the notebook for the shortcut
+            page.keyboard.press("Control+s")
+            deadline = time.monotonic() + TIMEOUT_MS / 1000
+            while copy.stat().st_mtime_ns == mtime and time.monotonic() < deadline:
+                time.sleep(0.2)
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOTS / f"lab-{stem}.png"), full_page=True)
+    finally:
+        for session in lab.api("/api/sessions") or []:
+            lab.api(f"/api/sessions/{session['id']}", "DELETE")
+    assert tr.blocked == [], f"JupyterLab page requested non-local resources: {tr.blocked}"
+    assert tr.errors == [], f"JavaScript errors in JupyterLab: {tr.errors}"
+    assert copy.stat().st_mtime_ns != mtime, "Control+S did not save the notebook"
+    saved = nbformat.read(copy, as_version=4)
+    code = [c for c in saved.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count for c in code), "not every cell ran"
+    errors = [o.get("ename") for c in code for o in c.outputs if o.output_type == "error"]
+    assert errors == [], f"{case.notebook}: cells raised {errors}"
+    if case.check:
+        case.check(before, after)
