@@ -597,6 +597,12 @@ def _playground_counts(before: str, after: str) -> None:
     assert first[1] != second[1], "the threshold moved but the drawn boxes did not change"
 
 
+def _training_stopped(before: str, after: str) -> None:
+    """The training view's status line: running before Stop, stopped with a checkpoint after."""
+    assert "stopped" not in before, before
+    assert "stopped" in after and "checkpoint written" in after, after
+
+
 LAB_WIDGETS = [
     # the detection playground (book chapter 8): thresh .50 -> .38 (000002: 5 boxes at .5, 6 at .38)
     LabWidget("tests/fixtures/book/playground.ipynb", control=".widget-slider .noUi-handle",
@@ -604,6 +610,9 @@ LAB_WIDGETS = [
               until=r"boxes at thresh 0\.38\b", check=_playground_counts),
     LabWidget("tests/fixtures/book/live_anchor_slider.ipynb", control=".widget-slider .noUi-handle",
               output=".widget-output", check=_anchor_text),
+    # the live training view (book chapter 7): it trains in a thread; Stop ends the run
+    LabWidget("tests/fixtures/book/training_view.ipynb", control=".yolov2-training-stop",
+              output=".yolov2-training-status", until=r"stopped", check=_training_stopped),
 ]
 
 
