@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -57,3 +58,15 @@ def narrow_cfg_with_tiny_schedule(directory: Path) -> Path:
     out = Path(directory) / "yolov2-tiny-synth.cfg"  # same stem: run files are named after it
     out.write_text(net + layers)
     return out
+
+
+def random_truths(images: int, g: torch.Generator, most: int = 3, span: float = 0.5) -> torch.Tensor:
+    """(images, 30, 5) darknet truths: 1 + b % most random boxes in image b (centres in .05-.95,
+    sides .1 to .1 + span, classes 0-4), drawn from `g` box by box."""
+    truth = torch.zeros(images, 30, 5)
+    for b in range(images):
+        for r in range(1 + b % most):
+            truth[b, r, :2] = torch.rand(2, generator=g) * 0.9 + 0.05
+            truth[b, r, 2:4] = torch.rand(2, generator=g) * span + 0.1
+            truth[b, r, 4] = float(torch.randint(0, 5, (1,), generator=g))
+    return truth

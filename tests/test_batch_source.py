@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import random_truths
 
 from yolov2.darknet.cfg import stock_cfg
 from yolov2.darknet.model import Darknet
@@ -31,12 +32,7 @@ def batches(n: int, images: int, size: int = 64, seed: int = 0) -> list[tuple[to
     out = []
     for _ in range(n):
         x = torch.rand(images, 3, size, size, generator=g)
-        truth = torch.zeros(images, 30, 5)
-        for b in range(images):
-            for r in range(1 + b % 3):
-                truth[b, r, :2] = torch.rand(2, generator=g) * 0.9 + 0.05
-                truth[b, r, 2:4] = torch.rand(2, generator=g) * 0.5 + 0.1
-                truth[b, r, 4] = float(torch.randint(0, 5, (1,), generator=g))
+        truth = random_truths(images, g)
         out.append((x, truth))
     return out
 

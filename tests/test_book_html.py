@@ -373,6 +373,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop(proc: subprocess.Popen, timeout: float) -> None:
+    """Terminate a server, killing it if it has not exited after `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def voila(notebook: Path, log: Path) -> Iterator[str]:
     """Serve notebook with Voila on 127.0.0.1; yields its URL. The kernel is this venv's python."""
@@ -395,12 +405,7 @@ def voila(notebook: Path, log: Path) -> Iterator[str]:
             time.sleep(0.2)
         yield f"http://127.0.0.1:{port}/"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc, timeout=15)
 
 
 def _text(page, selector: str) -> str:
@@ -699,12 +704,7 @@ def lab(tmp_path_factory) -> Iterator[Lab]:
                 time.sleep(0.5)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc, timeout=20)
 
 
 # Run All queues every cell at once (each prompt shows `[*]:`); it has started when a prompt left

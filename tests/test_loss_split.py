@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import random_truths
 
 from yolov2.darknet.cfg import stock_cfg
 from yolov2.darknet.model import Darknet
@@ -30,12 +31,7 @@ def batch(n: int = 3, size: int = 7, seed: int = 0) -> tuple[torch.Tensor, torch
     """Random logits (n, 5*(5+5), size, size) and 1-4 random truths per image."""
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, 50, size, size, generator=g) * 2
-    truth = torch.zeros(n, 30, 5)
-    for b in range(n):
-        for r in range(1 + b % 4):
-            truth[b, r, :2] = torch.rand(2, generator=g) * 0.9 + 0.05
-            truth[b, r, 2:4] = torch.rand(2, generator=g) * 0.6 + 0.1
-            truth[b, r, 4] = float(torch.randint(0, 5, (1,), generator=g))
+    truth = random_truths(n, g, most=4, span=0.6)
     return logits, truth
 
 
@@ -111,12 +107,7 @@ def random_batches(n: int, images: int, size: int = 64, seed: int = 0) -> list:
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
-        truth = torch.zeros(images, 30, 5)
-        for b in range(images):
-            for r in range(1 + b % 3):
-                truth[b, r, :2] = torch.rand(2, generator=g) * 0.9 + 0.05
-                truth[b, r, 2:4] = torch.rand(2, generator=g) * 0.5 + 0.1
-                truth[b, r, 4] = float(torch.randint(0, 5, (1,), generator=g))
+        truth = random_truths(images, g)
         out.append((torch.rand(images, 3, size, size, generator=g), truth))
     return out
 
