@@ -127,6 +127,19 @@ def test_collate_keeps_each_canvas_bit_for_bit_in_a_channels_last_batch(records)
         assert np.array_equal(images[k].permute(1, 2, 0).numpy(), canvas)
 
 
+def test_collate_in_nchw_is_the_same_batch_contiguous(records):
+    """memory_format=contiguous_format (the CPU float32 trainer's layout) transposes each canvas into
+    its planes: the same values, NCHW-contiguous; any other layout is refused in one line."""
+    ds = DetectionDataset(records, synth.SYNTH_CLASSES, augmenter(), seed=2)
+    items = [ds[Sample(i, 320, 0)] for i in (2, 6, 1)]
+    nchw, truths, indices = collate(items, memory_format=torch.contiguous_format)
+    nhwc, truths2, indices2 = collate(items)
+    assert nchw.is_contiguous() and nchw.shape == (3, 3, 320, 320)
+    assert torch.equal(nchw, nhwc) and torch.equal(truths, truths2) and torch.equal(indices, indices2)
+    with pytest.raises(ValueError, match="memory_format"):
+        collate(items, memory_format=torch.channels_last_3d)
+
+
 @pytest.mark.parametrize("kind", ["detection", "region", "test"])
 def test_canvas_is_not_uint8_exact(records, kind):
     """Why the workers send float32: darknet's loaders resample bilinearly (and distort in HSV), so the
@@ -185,6 +198,45 @@ def test_pooled_batches_are_the_inline_ones_and_reused_only_once_released(record
     assert len(set(storages)) < len(storages)  # buffers came back (mapped again: their address may move)
     plain = inline[0]
     assert take_batch(plain, torch.device("cpu"), torch.channels_last) is plain  # not pooled: moved only
+
+
+def test_consumer_uses_worker_batches_in_place_and_gives_back_only_unheld_ones(records):
+    """take_batch with a PoolConsumer hands a pooled batch out where its worker wrote it (no copy); its
+    buffer goes back only when nothing holds it: a batch kept as a tensor, as a view or as a numpy
+    array over it stays intact while its worker goes on; a batch wanted in another layout is copied
+    and its buffer given back at once."""
+    from functools import partial
+
+    from torch.utils.data import DataLoader
+
+    from yolov2.data.dataset import POOL_SLOTS, PoolConsumer, take_batch
+
+    ds = DetectionDataset(records, synth.SYNTH_CLASSES, augmenter(), seed=1)
+    sampler = MultiScaleBatchSampler(len(ds), 2, seed=1, every=2)
+    inline = [b[0] for b in make_loader(ds, sampler, 0)] * 3  # three epochs of 4 batches
+    dl = DataLoader(ds, batch_sampler=sampler, num_workers=1, persistent_workers=True, prefetch_factor=2,
+                    collate_fn=partial(collate, pool=True, memory_format=torch.contiguous_format))
+    consumer, cpu, nchw = PoolConsumer(POOL_SLOTS), torch.device("cpu"), torch.contiguous_format
+    kept, storages = {}, set()
+    for i, b in enumerate(x for _ in range(3) for x in dl):
+        x = take_batch(b[0], cpu, nchw, consumer=consumer)
+        assert x.data_ptr() == b[0].data_ptr()  # in place
+        storages.add(x.untyped_storage().data_ptr())
+        if i in (0, 4, 7):  # kept as the tensor, a view, a numpy array over a view
+            kept[i] = {0: x, 4: x[1:], 7: x[:, 0].numpy()}[i]
+        del b, x
+    assert consumer.lent == len(kept) + 1  # the kept ones and the last one (given back at the next take)
+    for i, y in kept.items():
+        want = {0: inline[0], 4: inline[4][1:], 7: inline[7][:, 0].numpy()}[i]
+        assert np.array_equal(np.asarray(y), np.asarray(want))  # not written over
+    assert len(storages) <= POOL_SLOTS  # the others' buffers came back and were reused
+    assert consumer.mapped == len(storages)  # and stayed mapped: the same address each time
+    del y, want
+    kept.clear()  # nothing holds them now
+    assert consumer.release() == 4 and consumer.lent == 0
+    b = next(iter(dl))
+    x = take_batch(b[0], cpu, torch.channels_last, consumer=consumer)  # another layout: a copy
+    assert x.data_ptr() != b[0].data_ptr() and consumer.lent == 0 and torch.equal(x, inline[0])
 
 
 # ------------------------------------------------------------------------------ multi-scale sampler

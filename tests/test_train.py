@@ -87,6 +87,42 @@ def test_read_log_and_result(voc, tmp_path):
     assert net.seen == 16  # darknet's header keeps seen
 
 
+def test_workers_train_exactly_as_inline_with_batches_used_in_place(voc, tmp_path):
+    """Two DataLoader workers give the weights one process gives, bit for bit: the batches are the
+    same (seeded per sample) and used where the workers wrote them (no copy, dataset.PoolConsumer);
+    each buffer goes back to its worker only after its backward, and the run's six iterations
+    cross an epoch and a size change."""
+    def weights(workers: int, out: Path) -> dict[str, torch.Tensor]:
+        kw = {**SMALL, "workers": workers}
+        r = train(SYNTH, voc, out, max_batches=6, **kw)
+        net = Darknet(SYNTH)
+        net.load_weights(r.weights)
+        return net.state_dict()
+
+    inline, two = weights(0, tmp_path / "inline"), weights(2, tmp_path / "two")
+    assert inline.keys() == two.keys()
+    for k in inline:
+        torch.testing.assert_close(two[k], inline[k], rtol=0, atol=0, msg=k)
+
+
+def test_trainer_uses_worker_batches_in_place_and_gives_them_back(voc, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = narrow_cfg_with_tiny_schedule(tmp_path)
+    s = Settings(str(cfg), str(voc), batch=4, subdivisions=2, sizes=[64], seed=3, max_batches=20)
+    t = Trainer(s, Runtime(torch.device("cpu"), workers=1, progress=False), out, resume=False)
+    kept = t.next_batch()[0]
+    before = kept.clone()
+    for _ in range(4):
+        t.train_datum()  # forward, backward and updates on the next batches
+    # out: the batch held here and the last one used (given back at the next take); the others went back
+    assert t._pool.lent == 2
+    torch.testing.assert_close(kept, before, rtol=0, atol=0)  # and it was not written over
+    del kept
+    t.train_datum()
+    assert t._pool.lent == 1  # now only the batch just used (released at the next take)
+
+
 def run_cli(out: Path, voc: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "yolov2", "train", str(SYNTH), str(voc), "--out", str(out), "--max-batches",
            "24", "--batch", "4", "--subdivisions", "2", "--sizes", "64,96", "--device", "cpu", "--workers",

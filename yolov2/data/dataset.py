@@ -13,6 +13,7 @@ resume from any batch. (Darknet's own 608-px final 200 batches are not forced he
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -114,41 +115,50 @@ def chw(canvas: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(canvas).permute(2, 0, 1)
 
 
-def collate(batch: list, pool: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(batch: list, pool: bool = False, memory_format: torch.memory_format = torch.channels_last,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """List of dataset items -> images (N, 3, S, S), truths (N, 30, 5), indices (N,) int64.
 
-    The images are stacked in (N, S, S, 3) order, one memcpy per canvas, and handed on as the
-    (N, 3, S, S) view of that memory, which is channels_last; the trainer makes it the layout its
-    precision wants on the device. In a DataLoader worker the stack is written straight into shared
-    memory (as torch's default_collate does), so sending it to the trainer copies nothing more.
+    memory_format is the layout the consumer wants. channels_last (the default): the images are
+    stacked in (N, S, S, 3) order, one memcpy per canvas, and handed on as the (N, 3, S, S) view of
+    that memory. contiguous_format (the CPU float32 trainer): each (S, S, 3) canvas is transposed
+    straight into its (3, S, S) plane of the batch, the one pass the trainer would otherwise make
+    after the transfer, so in a DataLoader it is paid in the worker, not in the trainer's process.
+    In a DataLoader worker the stack is written straight into shared memory (as torch's
+    default_collate does), so sending it to the trainer copies nothing more.
 
     The pixels stay float32: darknet's loader resamples bilinearly and distorts in HSV, so they are
     not multiples of 1/255 and a uint8 transfer would change the network's input
     (tests/test_dataset.py, test_canvas_is_not_uint8_exact).
 
     pool (in a worker, float32 images): write into one of the worker's reusable shared buffers, which
-    the consumer must copy out of and release with :func:`take_batch` (the CPU trainer does).
+    the consumer must take with :func:`take_batch`, which gives them back (the CPU trainer does).
     """
     images, truths, indices = zip(*batch, strict=True)
-    hwc = [im.permute(1, 2, 0) for im in images]  # (S, S, 3) each; contiguous when from chw()
+    nchw = memory_format == torch.contiguous_format
+    if memory_format not in (torch.channels_last, torch.contiguous_format):
+        raise ValueError(f"collate: memory_format {memory_format}; channels_last or contiguous_format")
+    # (3, S, S) views each, stacked as planes, or (S, S, 3) each (contiguous when from chw())
+    parts = list(images) if nchw else [im.permute(1, 2, 0) for im in images]
     out = None
     if get_worker_info() is not None:
-        first, numel = hwc[0], sum(x.numel() for x in hwc)
+        first, numel = parts[0], sum(x.numel() for x in parts)
         if pool and first.dtype == torch.float32 and first.device.type == "cpu":
-            out = _pooled_out(numel, first).view(len(hwc), *first.shape)
+            out = _pooled_out(numel, first).view(len(parts), *first.shape)
         else:
             storage = first._typed_storage()._new_shared(numel, device=first.device)
-            out = first.new(storage).resize_(len(hwc), *first.shape)
-    stacked = torch.stack(hwc, out=out)  # (N, S, S, 3)
-    return stacked.permute(0, 3, 1, 2), torch.stack(truths), torch.tensor(indices, dtype=torch.int64)
+            out = first.new(storage).resize_(len(parts), *first.shape)
+    stacked = torch.stack(parts, out=out)  # (N, 3, S, S) or (N, S, S, 3)
+    stacked = stacked if nchw else stacked.permute(0, 3, 1, 2)
+    return stacked, torch.stack(truths), torch.tensor(indices, dtype=torch.int64)
 
 
 # A worker's reusable batch buffers (collate(..., pool=True)): each a shared float32 storage whose first
-# _HEADER values are [_MAGIC, busy] and whose images follow. Writing a batch into fresh shared memory
-# costs more than making it (first-touching each page: about 2 ms per 416x416 image on a 2-core VM
-# against 0.3 ms into reused memory); a buffer is written again only after the consumer copied the
-# batch out and released it (take_batch), so a batch nobody released stays intact.
-_HEADER, _MAGIC, POOL_SLOTS = 4, -(2.0**120), 8  # the magic is exact in float32
+# _HEADER values are [_MAGIC, busy, ...] and whose images follow (64 bytes in, so they stay aligned).
+# Writing a batch into fresh shared memory costs more than making it (first-touching each page: about
+# 2 ms per 416x416 image on a 2-core VM against 0.3 ms into reused memory); a buffer is written again
+# only after its consumer released it (take_batch), so a batch still in use stays intact.
+_HEADER, _MAGIC, POOL_SLOTS = 16, -(2.0**120), 8  # the magic is exact in float32
 _pool: list[torch.UntypedStorage] = []  # this worker process's buffers (empty in the main process)
 
 
@@ -181,16 +191,94 @@ def _header(storage: torch.UntypedStorage) -> torch.Tensor:
     return torch.empty(0, dtype=torch.float32).set_(storage, 0, (_HEADER,))
 
 
-def take_batch(images: torch.Tensor, device: torch.device, memory_format: torch.memory_format,
-               non_blocking: bool = False) -> torch.Tensor:
-    """`images` on `device` in `memory_format`, in memory of its own, and the pool buffer it came in
-    (collate(..., pool=True)) released for its worker to reuse. Any other tensor is only moved."""
+def _pooled(images: torch.Tensor) -> bool:
+    """Whether `images` is a batch in a worker's pool buffer (collate(..., pool=True))."""
     st = images.untyped_storage()
-    pooled = (images.dtype == torch.float32 and images.device.type == "cpu" and images.storage_offset()
-              == _HEADER and st.nbytes() >= _HEADER * 4 and float(_header(st)[0]) == _MAGIC)
+    return (images.dtype == torch.float32 and images.device.type == "cpu" and images.storage_offset()
+            == _HEADER and st.nbytes() >= _HEADER * 4 and float(_header(st)[0]) == _MAGIC)
+
+
+def _uses(storage: torch.UntypedStorage) -> int:
+    """How many tensors (views, numpy arrays over them and autograd's saved inputs included) and
+    storage objects hold `storage`."""
+    return torch._C._storage_Use_Count(storage._cdata)
+
+
+class PoolConsumer:
+    """The consuming process's side of the workers' pool buffers: batches used in place, and the
+    last `limit` buffers kept mapped.
+
+    A batch that is already on the CPU in the layout the consumer wants is handed out in place, with
+    no copy (:func:`take_batch`); its buffer goes back to its worker only once nothing holds it any
+    more: no tensor, view, numpy array or autograd graph (torch's count of its users, checked at each
+    later take_batch and by :meth:`release`). A consumer that keeps a batch keeps it intact; its worker
+    meanwhile writes into its other buffers, or into fresh shared memory when all are in use.
+
+    A batch arrives as a handle to its shared buffer, which this process maps; torch finds a buffer
+    it still holds under the same mapping when it comes back (its shared-storage cache), so holding
+    the last `limit` keeps their pages mapped (without it every batch is mapped afresh and its pages
+    faulted in again). A buffer that left its worker's pool (replaced by a larger one) is let go after
+    `limit` other batches, so the extra shared memory is bounded by `limit` buffers.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"PoolConsumer: limit {limit}; hold at least one buffer")
+        self.limit = limit
+        self._mapped: OrderedDict[int, torch.UntypedStorage] = OrderedDict()
+        self._lent: dict[int, torch.UntypedStorage] = {}  # handed out in place, not yet released
+
+    @property
+    def lent(self) -> int:
+        """Buffers handed out in place that are still held somewhere."""
+        return len(self._lent)
+
+    @property
+    def mapped(self) -> int:
+        return len(self._mapped)
+
+    def release(self) -> int:
+        """Give back to their workers the lent buffers nothing holds any more; -> how many."""
+        done = [k for k, st in self._lent.items()
+                if _uses(st) == 1 + (k in self._mapped and self._mapped[k] is not st)]
+        for k in done:
+            _header(self._lent.pop(k))[1] = 0
+        return len(done)
+
+    def _map(self, storage: torch.UntypedStorage) -> None:
+        key = storage.data_ptr()
+        self._mapped[key] = storage
+        self._mapped.move_to_end(key)
+        while len(self._mapped) > self.limit:
+            self._mapped.popitem(last=False)
+
+    def _lend(self, storage: torch.UntypedStorage) -> None:
+        self._lent[storage.data_ptr()] = storage
+
+
+def take_batch(images: torch.Tensor, device: torch.device, memory_format: torch.memory_format,
+               non_blocking: bool = False, consumer: PoolConsumer | None = None) -> torch.Tensor:
+    """`images` on `device` in `memory_format`; a batch from a worker's pool buffer (collate(...,
+    pool=True)) gives its buffer back to the worker.
+
+    Without `consumer` the batch is copied into memory of its own and its buffer released at once.
+    With one, a batch already on the CPU in `memory_format` is used in place and its buffer released
+    when nothing holds it any more (:class:`PoolConsumer`); one that needs a copy (another device or
+    layout) is copied and released at once. Any tensor not from a pool is only moved.
+    """
+    if consumer is not None:
+        consumer.release()  # the batches handed out before, now that their users let them go
+    pooled = _pooled(images)
     out = images.to(device, non_blocking=non_blocking and not pooled, memory_format=memory_format)
     if pooled:
-        if out.untyped_storage().data_ptr() == st.data_ptr():
+        st = images.untyped_storage()
+        in_place = out.untyped_storage().data_ptr() == st.data_ptr()
+        if consumer is not None:
+            consumer._map(st)
+            if in_place:
+                consumer._lend(st)
+                return out
+        elif in_place:
             out = out.clone(memory_format=memory_format)
         _header(st)[1] = 0
     return out

@@ -37,7 +37,15 @@ from yolov2.darknet.layers import check_input
 from yolov2.darknet.model import Darknet
 from yolov2.data.augment import Augmenter
 from yolov2.data.darknet_data import is_data_file, load_split
-from yolov2.data.dataset import DetectionDataset, MultiScaleBatchSampler, collate, take_batch, worker_init
+from yolov2.data.dataset import (
+    POOL_SLOTS,
+    DetectionDataset,
+    MultiScaleBatchSampler,
+    PoolConsumer,
+    collate,
+    take_batch,
+    worker_init,
+)
 from yolov2.data.voc import load_voc
 from yolov2.loss.region_loss import PART_KEYS, RegionLoss, RegionStats, loss_terms
 from yolov2.train.checkpoint import (
@@ -253,6 +261,8 @@ class Trainer:
         if self.batches is None:
             self.sampler = self._sampler()
             self.loader = self._loader()
+        # the workers' batches are used in place and their buffers stay mapped (dataset.PoolConsumer)
+        self._pool = PoolConsumer(max(rt.workers, 1) * POOL_SLOTS)
         self._it = None
         # what the forwards since the last update add up to: stats_vector sums, images, forwards
         self._acc, self._images, self._forwards = torch.zeros(STATS, device=rt.device), 0, 0
@@ -287,7 +297,7 @@ class Trainer:
         # on the CPU the workers reuse their shared batch buffers (next_batch copies out and releases);
         # on CUDA the pinned copy is the batch and the buffers are fresh each time
         return DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=w,
-                          collate_fn=partial(collate, pool=not cuda),
+                          collate_fn=partial(collate, pool=not cuda, memory_format=self.rt.memory_format),
                           worker_init_fn=worker_init if w else None, pin_memory=cuda,
                           persistent_workers=w > 0, prefetch_factor=4 if w else None)
 
@@ -337,7 +347,8 @@ class Trainer:
                 self._it, self.epoch, self.batch_in_epoch = None, self.epoch + 1, 0
                 continue
             self.batch_in_epoch += 1
-            return (take_batch(images, self.rt.device, self.rt.memory_format, non_blocking=True),
+            return (take_batch(images, self.rt.device, self.rt.memory_format, non_blocking=True,
+                               consumer=self._pool),
                     truths.to(self.rt.device, non_blocking=True))
 
     def _given_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
