@@ -122,9 +122,9 @@ class LoaderRate(NamedTuple):
 def loader_rate(paths: list[Path], aug: Augmenter, size: int, workers: int, batches: int = 24,
                 batch: int = 16) -> LoaderRate:
     """The CPU trainer's batch path: DetectionDataset-style items, the package's collate and the
-    trainer's take_batch (the copy into the float32 trainer's NCHW input, which releases the buffer
-    and keeps it mapped for its next batch),
-    in `workers` DataLoader processes (0: inline, in this process), as one stream of `batches` full
+    trainer's take_batch (in a worker the batch is written in the float32 trainer's NCHW layout and
+    used in place; its buffer goes back to the worker at the next take), in `workers` DataLoader
+    processes (0: inline, in this process), as one stream of `batches` full
     batches (the images cycled), timed from the iterator's creation (the workers' start included,
     against them) to the last batch, as a trainer's epoch is (a short epoch would mostly time its
     start and its end, where the workers wait for each other)."""
@@ -197,7 +197,7 @@ def main() -> None:
               f"machine's other load counts against the workers)")
         print(f"CPU ms per image: inline {inline.worker_ms:.2f}; in a worker {r_dl.worker_ms:.2f} "
               f"(x{r_dl.worker_ms / inline.worker_ms:.2f}), and {r_dl.main_ms:.2f} in the main process "
-              f"(receiving, copying out); CPU efficiency "
+              f"(receiving; the batch is used in place); CPU efficiency "
               f"{inline.worker_ms / (r_dl.worker_ms + r_dl.main_ms):.2f}")
 
 if __name__ == "__main__":
