@@ -6,7 +6,8 @@ Three kinds of run of the same trainer settings, alternating so that a busy mach
 - "view on": `TrainingView(trainer, live=True).run()`, its widgets made without a frontend (their
   messages go nowhere: the drawing, the PNGs and the widget updates are what is timed);
 - "split off": `Trainer.run()` with the split's five sums replaced by zeros in the stats vector,
-  what the log's split columns cost every run.
+  what the log's split columns cost every run. Whole runs apart are a coarse measure of a cost this
+  small, so the "view off" runs also time `region_loss.rule_parts` itself (the split's own account).
 
 Each run trains `--iterations` updates of yolov2-tiny-synth on synthetic images from a fresh trainer
 (seed 0, `--threads` torch threads); the figures are the medians over `--repeats` of the wall time
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+import yolov2.loss.region_loss as region_loss_module
 import yolov2.train.trainer as trainer_module
 from yolov2.book.training_view import TrainingView
 from yolov2.darknet.cfg import stock_cfg
@@ -43,6 +45,21 @@ def make_trainer(root: Path, out: Path, args) -> Trainer:
                  sizes=[args.size], seed=0, max_batches=args.iterations, checkpoint_every=10**6)
     rt = Runtime(torch.device(args.device), progress=False, workers=args.workers)
     return Trainer(s, rt, out, resume=False)
+
+
+class TimedSplit:
+    """region_loss.rule_parts with its own time summed (the split's own account; on CUDA the time
+    to queue its kernels, which is what the host pays)."""
+
+    def __init__(self) -> None:
+        self.seconds, self.calls, self.inner = 0.0, 0, region_loss_module.rule_parts
+
+    def __call__(self, *args, **kw):
+        t = time.perf_counter()
+        try:
+            return self.inner(*args, **kw)
+        finally:
+            self.seconds, self.calls = self.seconds + time.perf_counter() - t, self.calls + 1
 
 
 def no_split(loss, stats):
@@ -74,13 +91,15 @@ def main() -> None:
         warm.draw()
         walls: dict[str, list[float]] = {"view off": [], "view on": [], "split off": []}
         cpus: dict[str, list[float]] = {k: [] for k in walls}
-        draw_time, draws = [], []
+        draw_time, draws, split_share, split_calls = [], [], [], []
         for r in range(args.repeats):
             for kind in walls:
                 t = make_trainer(root, tmp / f"{kind.replace(' ', '_')}{r}", args)
-                saved = trainer_module.stats_vector
+                saved, saved_parts = trainer_module.stats_vector, region_loss_module.rule_parts
                 if kind == "split off":
                     trainer_module.stats_vector = no_split
+                if kind == "view off":
+                    timed = region_loss_module.rule_parts = TimedSplit()
                 try:
                     t0, c0 = time.perf_counter(), time.process_time()
                     if kind == "view on":
@@ -94,8 +113,11 @@ def main() -> None:
                         torch.cuda.synchronize()
                     walls[kind].append(time.perf_counter() - t0)
                     cpus[kind].append(time.process_time() - c0)
+                    if kind == "view off":
+                        split_share.append(timed.seconds / walls[kind][-1])
+                        split_calls.append(timed.calls)
                 finally:
-                    trainer_module.stats_vector = saved
+                    trainer_module.stats_vector, region_loss_module.rule_parts = saved, saved_parts
     med = {k: statistics.median(v) for k, v in walls.items()}
     cpu = {k: statistics.median(v) for k, v in cpus.items()}
     print(f"{cpu_name() if args.device == 'cpu' else torch.cuda.get_device_name()}; {args.iterations} "
@@ -110,7 +132,9 @@ def main() -> None:
           f"{100 * statistics.median(draw_time) / view_wall:.1f}% of the wall time in "
           f"{statistics.median(draws):.0f} draws and {args.iterations} status updates)")
     print(f"  loss split's cost: {100 * (med['view off'] / med['split off'] - 1):+.1f}% wall, "
-          f"{100 * (cpu['view off'] / cpu['split off'] - 1):+.1f}% CPU")
+          f"{100 * (cpu['view off'] / cpu['split off'] - 1):+.1f}% CPU (runs apart: mostly the machine's "
+          f"noise); its own account: {100 * statistics.median(split_share):.2f}% of the wall time in "
+          f"{statistics.median(split_calls):.0f} calls")
 
 
 if __name__ == "__main__":
