@@ -163,6 +163,30 @@ def _trainer(voc: Path, out: Path, resume: bool = False) -> Trainer:
     return Trainer(s, Runtime(torch.device("cpu"), progress=False, amp=True), out, resume=resume)
 
 
+def test_amp_workers_train_as_inline_with_channels_last_batches_used_in_place(cpu_bf16, voc, tmp_path):
+    """Under CPU bf16 the workers collate channels_last, the layout the trainer wants, and the trainer
+    uses each batch in place (dataset.PoolConsumer): two workers give one process's weights exactly."""
+    cfg = narrow_cfg_with_tiny_schedule(tmp_path)
+
+    def run(workers: int) -> dict[str, torch.Tensor]:
+        out = tmp_path / f"w{workers}"
+        out.mkdir()
+        s = Settings(str(cfg), str(voc), batch=4, subdivisions=2, sizes=[64], seed=3, max_batches=3,
+                     learning_rate=0.01)
+        t = Trainer(s, Runtime(torch.device("cpu"), progress=False, amp=True, workers=workers), out,
+                    resume=False)
+        assert t.rt.memory_format == torch.channels_last
+        t.run()
+        if workers:
+            assert t._pool.mapped > 0  # the batches came from the workers' pool buffers
+            assert t._pool.lent == 1  # used in place: the last one is given back at a next take
+        return {k: v.clone() for k, v in t.net.state_dict().items()}
+
+    inline, two = run(0), run(2)
+    for k in inline:
+        torch.testing.assert_close(two[k], inline[k], rtol=0, atol=0, msg=k)
+
+
 def test_resume_from_an_amp_checkpoint_is_exact_and_its_files_are_float32(cpu_bf16, voc, tmp_path):
     whole = _trainer(voc, tmp_path / "a" / "whole")
     rows = [whole.iteration() for _ in range(4)]
