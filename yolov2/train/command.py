@@ -55,6 +55,7 @@ from yolov2.train.settings import (
     make_schedule,
     parse_sets,
     parse_sizes,
+    parse_steps,
     resolve,
     training_batch,
 )
@@ -70,7 +71,7 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
           sizes: list[int] | None = None, learning_rate: float | None = None, seed: int | None = None,
           weights: str | None = None, pretrained: str | None = None, partial: int | None = None,
           clear: bool | None = None, checkpoint_every: int | None = None, final_batches: int | None = None,
-          unsigned_steps: bool | None = None,
+          unsigned_steps: bool | None = None, steps: list[int] | None = None,
           device: str | None = None, workers: int | None = None, resume: bool = False,
           force: bool = False, progress: bool = True, amp: bool | None = None, new_precision: bool = False,
           eval_set: str | None = None, banner: bool = False) -> TrainResult:
@@ -85,6 +86,8 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
     given too must equal the run's, except `max_batches` (train further) and `checkpoint_every`.
     unsigned_steps: the final darknet's rate quirk (a negative step never passes; see
     :class:`yolov2.train.schedule.Schedule`), for a run that must match that darknet's rates.
+    steps: the batch numbers of the cfg's `policy=steps` in place of its `steps=` (as many as its
+    `scales=`), e.g. to stretch them with a longer `max_batches`.
     eval_set (`2007:test`): afterwards, rank 0 measures the VOC07 mAP there (:func:`voc_map`, at the
     cfg's width) and writes `eval.json`. banner: print :func:`start_banner` first (the command does).
     new_precision: with `resume`, continue in this run's precision (`amp`) although the checkpoint
@@ -95,7 +98,7 @@ def train(cfg: str | Path, data: str | Path, out_dir: str | Path, *, recipe: str
                  sizes=list(sizes) if sizes else None, learning_rate=learning_rate, seed=seed,
                  weights=weights, pretrained=pretrained, partial=partial, clear=clear,
                  checkpoint_every=checkpoint_every, final_batches=final_batches,
-                 unsigned_steps=unsigned_steps)
+                 unsigned_steps=unsigned_steps, steps=list(steps) if steps is not None else None)
     unset = {f.name: None for f in dataclasses.fields(Settings)[2:]} if resume else {}
     s = Settings(str(cfg_path(cfg)), str(data), **(unset | {k: v for k, v in given.items() if v is not None}))
     rt = init_runtime(device, workers, progress, amp, new_precision)
@@ -133,6 +136,13 @@ def start_banner(trainer: Trainer, resume: bool = False) -> str:
              f"device: {rt.device} ({rt.world} rank{'s' if rt.world > 1 else ''}), {precision}",
              f"recipe: {s.recipe}, batch {s.batch} / subdivisions {s.subdivisions}, to batch {s.max_batches} "
              f"(from {trainer.batch_num}), sizes {sizes}, seed {s.seed or 0}"]
+    sch = trainer.schedule
+    rate = f"rate {sch.learning_rate:g}, policy {sch.policy}"
+    if sch.policy == "steps":
+        rate += " (x" + ", x".join(f"{c:g} at {b}" for b, c in zip(sch.steps, sch.scales, strict=True)) + ")"
+    if sch.burn_in:
+        rate += f", burn_in {sch.burn_in}"
+    lines.append(rate)
     if trainer.darknet and len(s.sizes) > 1 and s.final_batches:
         lines.append(f"darknet's final-size rule: the last {s.final_batches} batches (after batch "
                      f"{max(0, s.max_batches - s.final_batches)}) run at the largest size, {max(s.sizes)} "
@@ -257,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unsigned-steps", action="store_true", default=None,
                    help="the final darknet's rates: it compares steps as unsigned, so a step of -1 never "
                    "passes and steps=-1,100,... trains at the base rate (default: the cfg's warm-up)")
+    p.add_argument("--steps", type=_arg(parse_steps), metavar="N,N,...",
+                   help="the batch numbers of the cfg's policy=steps in place of its steps= (one per scale "
+                   "of its scales=), e.g. with a longer --max-batches")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--workers", type=SIZE, help="data loader processes per rank")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly (its settings; "

@@ -49,6 +49,8 @@ class Settings:
     final_batches: darknet trains its last 200 batches at the largest size (0: no such phase);
     unsigned_steps: the final darknet's `int step > size_t batch_num` comparison, under which a
     negative step never passes (:class:`yolov2.train.schedule.Schedule`; off: the cfg's meaning).
+    steps: the batch numbers of the cfg's `policy=steps` in place of its `steps=` (one per scale of
+    its `scales=`), so a longer `max_batches` can move its rate drops with it (None: the cfg's).
     """
 
     cfg: str
@@ -71,6 +73,10 @@ class Settings:
     checkpoint_every: int = 100
     final_batches: int = 200
     unsigned_steps: bool = False
+    steps: list | None = None
+
+
+ADDED = {"steps": None}  # Settings fields newer than some checkpoints of this VERSION: their value there
 
 
 @dataclass
@@ -125,6 +131,33 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+def parse_steps(text: str) -> list[int]:
+    """`1333,1733` -> [1333, 1733]: the batch numbers of a `policy=steps` schedule (darknet's `steps=`)."""
+    try:
+        steps = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise TrainError(f"--steps '{text}': expected batch numbers N[,N...], e.g. 1333,1733") from None
+    return steps
+
+
+def check_steps(s: Settings, net) -> None:
+    """`--steps` replaces the cfg's `steps=` of darknet's `policy=steps`, one step per scale."""
+    if s.steps is None:
+        return
+    if s.recipe != "darknet":
+        raise TrainError(f"--steps is for the darknet recipe's policy=steps; the {s.recipe} recipe sets its "
+                         f"own steps (at {'/'.join(map(str, RECIPES['adam']['step_epochs']))} of "
+                         f"{RECIPES['adam']['epochs']} epochs)")
+    where, policy = net.where("policy"), net.get_str("policy", "constant")
+    if policy != "steps":
+        raise TrainError(f"{where}: --steps needs policy=steps, this cfg has policy={policy}")
+    n = len(Schedule.from_net(net).scales)
+    if len(s.steps) != n:
+        given = f"{len(s.steps)} step" + ("s" if len(s.steps) != 1 else "")
+        raise TrainError(f"--steps {','.join(map(str, s.steps))}: {given}, but {net.where('scales')} has "
+                         f"{n} scales (scales={net.get_str('scales')}); give {n} steps, one per scale")
+
+
 def parse_sets(text: str) -> list[list[str]]:
     """`2007:trainval,2012:trainval` -> [[year, image_set], ...]."""
     out = [p.split(":") for p in text.split(",") if p]
@@ -138,6 +171,7 @@ def resolve(s: Settings, net, n_images: int, world: int) -> Settings:
     if s.recipe not in RECIPES:
         raise TrainError(f"unknown recipe '{s.recipe}' (choose from {', '.join(RECIPES)})")
     r = RECIPES[s.recipe]
+    check_steps(s, net.net_options)
     batch, subdivisions = training_batch(net.net_options)
     batch = s.batch or r.get("batch", batch)
     subdivisions = s.subdivisions or (r.get("subdivisions", subdivisions) if not s.batch else 1)
@@ -165,8 +199,9 @@ def make_schedule(s: Settings, net) -> Schedule:
         r = RECIPES["adam"]
         steps = tuple(round(s.max_batches * e / r["epochs"]) for e in r["step_epochs"])
         return Schedule(s.learning_rate, "steps", steps=steps, scales=r["scales"], max_batches=s.max_batches)
+    steps = {} if s.steps is None else {"steps": tuple(s.steps)}
     return Schedule.from_net(net.net_options, max_batches=s.max_batches, learning_rate=s.learning_rate,
-                             unsigned_steps=s.unsigned_steps)
+                             unsigned_steps=s.unsigned_steps, **steps)
 
 
 def cfg_path(cfg: str | Path) -> Path:
@@ -239,6 +274,7 @@ def check_batches_left(where: str | Path, batch_num: int, max_batches: int, resu
 def settings_problem(d: dict) -> str | None:
     """What is wrong with a checkpoint's settings dict (keys, types, ranges), or None when it is sound."""
     fields = {f.name: f for f in dataclasses.fields(Settings)}
+    d = ADDED | d  # a checkpoint written before a field was added holds that field's old meaning
     unknown, missing = sorted(set(d) - set(fields)), [n for n in fields if n not in d]
     if unknown or missing:
         return f"unknown keys {unknown}" if unknown else f"missing keys {missing}"
@@ -262,6 +298,9 @@ def settings_problem(d: dict) -> str | None:
     if d["sets"] is not None and not all(isinstance(p, list) and len(p) == 2
                                          and all(isinstance(x, str) and x for x in p) for p in d["sets"]):
         return f"'sets' is {d['sets']!r}, not [year, image set] pairs"
+    if d["steps"] is not None and not (d["steps"] and all(isinstance(v, int) and not isinstance(v, bool)
+                                                           for v in d["steps"])):
+        return f"'steps' is {d['steps']!r}, not batch numbers"
     if d["learning_rate"] is not None and d["learning_rate"] <= 0:
         return f"'learning_rate' is {d['learning_rate']}"
     return None
