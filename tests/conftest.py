@@ -70,3 +70,15 @@ def random_truths(images: int, g: torch.Generator, most: int = 3, span: float = 
             truth[b, r, 2:4] = torch.rand(2, generator=g) * span + 0.1
             truth[b, r, 4] = float(torch.randint(0, 5, (1,), generator=g))
     return truth
+
+
+def cli(capsys, *args) -> tuple[int, str]:
+    """Run `python -m yolov2 ARGS` in this process: (exit status, stderr)."""
+    from yolov2.__main__ import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's refusals
+        code = e.code
+    return code, capsys.readouterr().err

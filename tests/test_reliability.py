@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import cli
 
 from yolov2.__main__ import main as yolov2_main
 from yolov2.darknet.cfg import CfgError, stock_cfg
@@ -50,16 +51,6 @@ TRAIN = ["--batch", "4", "--sizes", "64", "--workers", "0", "--device", "cpu", "
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    """Run `python -m yolov2 ARGS` in this process: (exit status, stderr)."""
-    capsys.readouterr()
-    try:
-        code = yolov2_main([str(a) for a in args])
-    except SystemExit as e:  # argparse's refusals
-        code = e.code
-    return code, capsys.readouterr().err
 
 
 def last_line(err: str) -> str:

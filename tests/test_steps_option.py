@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli
 
 from yolov2.__main__ import main as yolov2_main
 from yolov2.darknet.cfg import stock_cfg
@@ -35,15 +36,6 @@ def edited_cfg(tmp_path: Path, **keys: str) -> Path:
     path = tmp_path / "edited.cfg"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        code = yolov2_main([str(a) for a in args])
-    except SystemExit as e:  # argparse's refusals
-        code = e.code
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
